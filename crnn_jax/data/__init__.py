@@ -1,0 +1,1 @@
+"""Data: the synthetic renderer, dataset readers, preprocessing and batching."""
