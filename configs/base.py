@@ -1,0 +1,92 @@
+"""The seed CRNN: 32x128 grayscale, 62 characters, batch 256, Adam 1e-3.
+
+Run:
+  python scripts/train.py --config configs/base.py --workdir runs/base
+
+The model is the tutorial's network exactly (6,617,663 parameters plus 2,048
+BatchNorm statistics with 63 classes). MJSynth cannot be downloaded here, so the
+data default to the project's renderer: 135k training and 15k validation words,
+the seed's split sizes. On a 2-core CPU this is a long run; see configs/quick.py.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.model = ml_collections.ConfigDict()
+  # Image height the model is built for; the data path resizes every image to it.
+  config.model.height = 32
+  # Channel widths of the seven convolutions (seed layout, pools fixed).
+  config.model.conv_features = (64, 128, 256, 256, 512, 512, 512)
+  # Units per direction of each bidirectional LSTM.
+  config.model.lstm_hidden = 128
+  # Number of bidirectional LSTM layers.
+  config.model.lstm_layers = 2
+  # Input dropout of each BiLSTM layer (Keras LSTM dropout=0.2 in the seed).
+  config.model.dropout = 0.2
+  # Convolution implementation: 'auto' picks the fastest for the backend.
+  config.model.conv_impl = "auto"
+  # Characters predicted: 'default' (a-z A-Z 0-9), a literal string, or file:PATH.
+  config.model.charset = "default"
+  # Lower-case labels before encoding (for lower-case charsets).
+  config.model.case_fold = False
+
+  config.data = ml_collections.ConfigDict()
+  # Training data spec: synth:N[,seed=S], tsv:PATH (see crnn_jax/data/readers.py).
+  config.data.train = "synth:135000,seed=0"
+  # Validation data spec; evaluated in full (the last batch is padded, not dropped).
+  config.data.eval = "synth:15000,seed=1"
+  # Width buckets (multiples of 4); images keep their aspect ratio up to the widest.
+  config.data.width_buckets = (128, 256)
+  # 'pad' keeps aspect ratio and pads to a bucket; 'stretch' resizes to height x widest bucket.
+  config.data.resize_mode = "pad"
+  # Labels with characters outside the charset: 'skip' (counted, reported) or 'error'.
+  config.data.unknown_chars = "skip"
+
+  config.optim = ml_collections.ConfigDict()
+  # adam (seed), adamw or rmsprop.
+  config.optim.name = "adam"
+  # Peak learning rate.
+  config.optim.learning_rate = 1e-3
+  # Linear warmup steps from 0 to the peak.
+  config.optim.warmup_steps = 0
+  # 'constant' (seed) or 'cosine' decay to end_lr_fraction * peak at train.num_steps.
+  config.optim.schedule = "constant"
+  # Final learning rate as a fraction of the peak, for the cosine schedule.
+  config.optim.end_lr_fraction = 0.01
+  # Decoupled weight decay (adamw only).
+  config.optim.weight_decay = 1e-4
+  # Clip gradients to this global norm; 0 turns clipping off.
+  config.optim.grad_clip_norm = 0.0
+
+  config.train = ml_collections.ConfigDict()
+  # Optimisation steps in total (a resumed run continues to this step).
+  config.train.num_steps = 20_000
+  # Global batch size, split over all devices of all processes.
+  config.train.batch_size = 256
+  # Seed for initialisation, dropout and data order.
+  config.train.seed = 0
+  # Print progress (step, loss, images/s, ETA) every this many steps.
+  config.train.log_every_steps = 50
+
+  config.eval = ml_collections.ConfigDict()
+  # Evaluate on data.eval every this many steps (and at the end).
+  config.eval.every_steps = 1000
+  # Global evaluation batch size.
+  config.eval.batch_size = 256
+  # Sample predictions printed and drawn into the TensorBoard image.
+  config.eval.num_samples = 16
+
+  config.checkpoint = ml_collections.ConfigDict()
+  # Save a checkpoint every this many steps (and at the end, and on SIGTERM/Ctrl-C).
+  config.checkpoint.every_steps = 1000
+  # Latest checkpoints kept for resuming (the best one is kept apart).
+  config.checkpoint.max_to_keep = 3
+
+  # Start from another run's weights (a workdir or checkpoint path) to fine-tune;
+  # the output layer is re-initialised if the charset differs.
+  config.init_from = config_dict.FieldReference("", field_type=str)
+  return config

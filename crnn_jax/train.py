@@ -1,0 +1,393 @@
+"""Training and evaluation: the train state, the jitted steps, and the loop around them.
+
+``train_step`` and ``eval_step`` are pure functions of (state, batch[, rng]).
+``train_and_evaluate`` jits them once over a mesh of every device (batch split on
+``data``, state replicated, state donated), feeds them from the data pipeline,
+and handles progress, evaluation, TensorBoard, checkpoints and resumption.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from crnn_jax import charset as charset_lib
+from crnn_jax import checkpoints as ckpt_lib
+from crnn_jax import losses, metrics, models, sharding
+from crnn_jax.data import pipeline, readers
+
+
+class TrainState(train_state.TrainState):
+  """Step, parameters, optimiser state and BatchNorm statistics."""
+  batch_stats: Any = None
+
+
+def make_charset(config: ml_collections.ConfigDict) -> charset_lib.Charset:
+  return charset_lib.Charset.from_spec(config.model.charset, case_fold=config.model.case_fold)
+
+
+def make_model(config: ml_collections.ConfigDict, num_classes: int) -> models.CRNN:
+  m = config.model
+  return models.CRNN(num_classes=num_classes, height=m.height,
+                     conv_features=tuple(m.conv_features), lstm_hidden=m.lstm_hidden,
+                     lstm_layers=m.lstm_layers, dropout=m.dropout, conv_impl=m.conv_impl)
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  o, steps = config.optim, config.train.num_steps
+  if o.schedule == "constant":
+    if o.warmup_steps:
+      return optax.join_schedules(
+          [optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps),
+           optax.constant_schedule(o.learning_rate)], [o.warmup_steps])
+    return optax.constant_schedule(o.learning_rate)
+  if o.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, o.learning_rate, o.warmup_steps, max(steps, o.warmup_steps + 1),
+        end_value=o.learning_rate * o.end_lr_fraction)
+  raise ValueError(f"optim.schedule {o.schedule!r} is not one of 'constant', 'cosine'.")
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  o = config.optim
+  schedule = make_schedule(config)
+  if o.name == "adam":
+    tx = optax.adam(schedule)
+  elif o.name == "adamw":
+    tx = optax.adamw(schedule, weight_decay=o.weight_decay)
+  elif o.name == "rmsprop":
+    tx = optax.rmsprop(schedule)
+  else:
+    raise ValueError(f"optim.name {o.name!r} is not one of 'adam', 'adamw', 'rmsprop'.")
+  if o.grad_clip_norm and o.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+  return tx
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.CRNN,
+                       rng: jax.Array) -> TrainState:
+  """A fresh state; parameters do not depend on the input width."""
+  width = min(config.data.width_buckets)
+  variables = model.init({"params": rng}, jnp.zeros((1, config.model.height, width, 1)),
+                         jnp.full((1,), width), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}),
+                           tx=make_optimizer(config))
+
+
+def _images(batch) -> jax.Array:
+  # uint8 travels to the device (4x less than float32); scale there.
+  return batch["images"].astype(jnp.float32)[..., None] / 255.0
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int = 0):
+  """One optimisation step.
+
+  Args:
+    state: the train state.
+    batch: ``images (B, H, W) uint8``, ``widths (B,)``, ``labels (B, L)``,
+      ``label_paddings (B, L)`` (1.0 = padded).
+    rng: base key; the step is folded in, so every step differs.
+
+  Returns:
+    (new state, metrics dict of scalars: loss, num_infeasible, grad_norm, learning_rate).
+  """
+  rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(params):
+    (logits, logit_paddings), updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, _images(batch), batch["widths"],
+        train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+    loss, aux = losses.ctc_loss(logits, logit_paddings, batch["labels"],
+                                batch["label_paddings"], blank_id=blank_id)
+    return loss, (aux, updates)
+
+  (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  return state, {"loss": loss, "num_infeasible": aux["num_infeasible"],
+                 "grad_norm": optax.global_norm(grads)}
+
+
+def eval_step(state: TrainState, batch: dict, *, blank_id: int = 0) -> dict:
+  """Forward pass in inference mode.
+
+  Returns:
+    ``best (B, T)`` argmax ids, ``logit_paddings (B, T)``, ``confidence (B,)``
+    (probability of the best path), and ``loss_sum``/``loss_count`` over rows
+    whose ``mask`` is 1 and whose label can be aligned.
+  """
+  logits, logit_paddings = state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats}, _images(batch),
+      batch["widths"], train=False)
+  mask = batch.get("mask", jnp.ones(logits.shape[:1]))
+  _, aux = losses.ctc_loss(logits, logit_paddings, batch["labels"], batch["label_paddings"],
+                           blank_id=blank_id, example_mask=mask)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  valid = logit_paddings < 0.5
+  return {
+      "best": jnp.argmax(logp, axis=-1).astype(jnp.int32),
+      "logit_paddings": logit_paddings,
+      "confidence": jnp.exp(jnp.sum(jnp.where(valid, logp.max(-1), 0.0), axis=1)),
+      "loss_sum": aux["per_example"].sum(),
+      "loss_count": aux["num_usable"],
+  }
+
+
+def collapse(best: np.ndarray, logit_paddings: np.ndarray, blank_id: int = 0) -> list[list[int]]:
+  """Greedy CTC on host: merge repeats, drop blanks, per row."""
+  out = []
+  for ids, pad in zip(best, logit_paddings):
+    ids = ids[pad < 0.5]
+    keep = np.ones(len(ids), bool)
+    keep[1:] = ids[1:] != ids[:-1]
+    out.append([int(i) for i in ids[keep] if i != blank_id])
+  return out
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+def _log(msg: str):
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def _load(spec: str, config, charset, *, what: str) -> pipeline.Prepared:
+  t0 = time.time()
+  source = readers.open_source(spec, height=config.model.height,
+                               charset=charset.chars if spec.startswith("synth:") else None)
+  prep = pipeline.prepare(
+      source, charset=charset, height=config.model.height,
+      width_buckets=config.data.width_buckets, resize_mode=config.data.resize_mode,
+      unknown_chars=config.data.unknown_chars, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  usable = int(sharding.allgather(prep.report.usable).sum())
+  total = int(sharding.allgather(prep.report.total).sum())
+  _log(f"{what} data: {prep.report.describe()}"
+       + (f" [this process; {usable} of {total} over all]" if jax.process_count() > 1 else "")
+       + f" ({time.time() - t0:.1f}s)")
+  pipeline.check_usable(prep.report, usable)
+  return prep
+
+
+def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
+  """Checks derived constraints once, raising ValueError that says what to change."""
+  sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+  sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+  for name in ("num_steps", "log_every_steps"):
+    if config.train[name] < 1:
+      raise ValueError(f"train.{name} must be at least 1; got {config.train[name]}.")
+  for group in ("eval", "checkpoint"):
+    if config[group].every_steps < 1:
+      raise ValueError(f"{group}.every_steps must be at least 1; got {config[group].every_steps}.")
+
+
+class _StopRequested:
+  """Turns SIGTERM and the first Ctrl-C into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C stops at once
+    self.signum = signum
+    _log(f"\n{signal.Signals(signum).name} received: saving a checkpoint, then stopping "
+         f"(Ctrl-C again to abort without saving).")
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _meta(config, charset, state) -> dict:
+  return {
+      "model": {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in config.model.to_dict().items()},
+      "charset": charset.chars,
+      "case_fold": charset.case_fold,
+      "data": {"width_buckets": list(config.data.width_buckets),
+               "resize_mode": config.data.resize_mode},
+      "param_shapes": ckpt_lib.param_shapes(state.params),
+  }
+
+
+def evaluate(eval_fn: Callable, state: TrainState, prep: pipeline.Prepared,
+             charset: charset_lib.Charset, mesh, global_batch: int,
+             num_samples: int = 0) -> tuple[dict, list]:
+  """Greedy-decoded metrics over every example of ``prep`` (all processes together).
+
+  Returns:
+    (metrics dict from ``metrics.summarize`` plus ``loss``, samples list of
+    (image uint8 (H, W), truth, prediction) from this process).
+  """
+  per_host = global_batch // jax.process_count()
+  counts = sharding.allgather([-(-len(b) // per_host) for b in prep.buckets]).max(axis=0)
+  total = np.zeros(len(metrics.FIELDS))
+  loss_sum, loss_count, samples = 0.0, 0, []
+  for host_batch, texts, _ in pipeline.eval_batches(prep, per_host, counts):
+    out = eval_fn(state, sharding.to_global(host_batch, mesh))
+    best = sharding.local_rows(out["best"])
+    pads = sharding.local_rows(out["logit_paddings"])
+    conf = sharding.local_rows(out["confidence"])[:len(texts)]
+    preds = [charset.decode(ids) for ids in collapse(best[:len(texts)], pads[:len(texts)])]
+    truths = [charset.normalize(t) for t in texts]
+    total += metrics.sums(truths, preds, conf)
+    loss_sum += float(out["loss_sum"])
+    loss_count += int(out["loss_count"])
+    for k in range(min(num_samples - len(samples), len(texts))):
+      w = int(host_batch["widths"][k])
+      samples.append((host_batch["images"][k, :, :w], truths[k], preds[k]))
+  total = sharding.allgather(total).sum(axis=0)
+  result = metrics.summarize(total)
+  result["loss"] = loss_sum / max(loss_count, 1)
+  return result, samples
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if any.
+
+  Returns:
+    the final evaluation metrics.
+  """
+  from crnn_jax import report  # TensorBoard writer and images; process 0 only.
+
+  mesh = sharding.make_mesh()
+  validate_config(config, mesh)
+  charset = make_charset(config)
+  model = make_model(config, charset.num_classes)
+  _log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} over "
+       f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank")
+
+  train_prep = _load(config.data.train, config, charset, what="train")
+  eval_prep = _load(config.data.eval, config, charset, what="eval")
+  per_host = config.train.batch_size // jax.process_count()
+  counts = sharding.allgather(pipeline.bucket_counts(train_prep)).min(axis=0)
+  train_prep = pipeline.merge_buckets_up(train_prep, counts, per_host)
+  batches = pipeline.TrainBatches(
+      train_prep, per_host, config.train.seed,
+      sharding.allgather(pipeline.bucket_counts(train_prep)).min(axis=0))
+  _log(f"train buckets (width: examples): "
+       + ", ".join(f"{b.width}: {len(b)}" for b in train_prep.buckets)
+       + f"; {batches.steps_per_epoch} steps per epoch")
+
+  rng = jax.random.key(config.train.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  repl = sharding.replicated(mesh)
+  state = jax.jit(functools.partial(create_train_state, config, model),
+                  out_shardings=repl)(init_rng)
+  _log("model parameters:\n" + models.param_summary(
+      {"params": state.params, "batch_stats": state.batch_stats}))
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpts = ckpt_lib.Checkpoints(workdir, max_to_keep=config.checkpoint.max_to_keep)
+  start = ckpts.latest_step()
+  if start is not None:
+    state, _ = ckpts.restore(state, start)
+    _log(f"Resuming from the checkpoint at step {start} in {workdir} "
+         f"(parameters, optimiser state, data position).")
+  else:
+    start = 0
+    if config.init_from:
+      from crnn_jax import finetune
+      state = finetune.init_from(state, config.init_from, charset, log=_log)
+  meta = _meta(config, charset, state)
+
+  batch_sharding = sharding.batch_sharded(mesh)
+  p_train = jax.jit(functools.partial(train_step, blank_id=charset_lib.BLANK_ID),
+                    in_shardings=(repl, batch_sharding, repl), out_shardings=(repl, repl),
+                    donate_argnums=0)
+  p_eval = jax.jit(functools.partial(eval_step, blank_id=charset_lib.BLANK_ID),
+                   in_shardings=(repl, batch_sharding),
+                   out_shardings={"best": batch_sharding, "logit_paddings": batch_sharding,
+                                  "confidence": batch_sharding, "loss_sum": repl,
+                                  "loss_count": repl})
+  writer = report.Writer(workdir) if jax.process_index() == 0 else None
+
+  num_steps = config.train.num_steps
+  result = {}
+  step = start
+  with _StopRequested() as stop:
+    t_log, n_log = time.time(), 0
+    t_start = time.time()
+    for step in range(start, num_steps):
+      host_batch = batches.batch(step)
+      state, m = p_train(state, sharding.to_global(host_batch, mesh), step_rng)
+      n_log += config.train.batch_size
+      done = step + 1
+      if done % config.train.log_every_steps == 0 or done == num_steps or done == start + 1:
+        m = jax.device_get(m)
+        dt = time.time() - t_log
+        ips = n_log / max(dt, 1e-9)
+        eta = (num_steps - done) * config.train.batch_size / max(ips, 1e-9)
+        lr = float(make_schedule(config)(done))
+        _log(f"step {done}/{num_steps}  loss {m['loss']:.4f}  images/s {ips:.1f}  "
+             f"ETA {_hms(eta)}  lr {lr:.2e}  masked {int(m['num_infeasible'])}"
+             + ("  (includes compile)" if done == start + 1 else ""))
+        if writer:
+          writer.scalars(done, {"train/loss": m["loss"], "train/learning_rate": lr,
+                                "train/masked_examples": m["num_infeasible"],
+                                "train/grad_norm": m["grad_norm"], "train/images_per_s": ips})
+        t_log, n_log = time.time(), 0
+      last = done == num_steps
+      if done % config.eval.every_steps == 0 or last:
+        result, samples = evaluate(p_eval, state, eval_prep, charset, mesh,
+                                   config.eval.batch_size, config.eval.num_samples)
+        _log(f"eval at step {done}: word_acc {result['word_acc']:.4f}  "
+             f"word_acc_ci {result['word_acc_ci']:.4f}  cer {result['cer']:.4f}  "
+             f"loss {result['loss']:.4f}  (n={result['n']})")
+        if writer:
+          writer.scalars(done, {f"eval/{k}": v for k, v in result.items() if k != "n"})
+          writer.samples(done, samples)
+        ckpts.save_best(done, state, meta, result)
+        t_log, n_log = time.time(), 0
+      if done % config.checkpoint.every_steps == 0 or last or stop.signum is not None:
+        ckpts.save(done, state, meta, force=True)
+      if stop.signum is not None:
+        ckpts.wait()
+        _log(f"Stopped at step {done}; checkpoint saved in {workdir}. Run the same command "
+             f"to resume.")
+        break
+    else:
+      if start >= num_steps:
+        _log(f"Nothing to do: the checkpoint in {workdir} is at step {start} >= "
+             f"train.num_steps={num_steps}.")
+  ckpts.wait()
+  ckpts.close()
+  if writer:
+    writer.close()
+  if result and stop.signum is None:
+    _log(f"Finished {num_steps} steps in {_hms(time.time() - t_start)}. Validation "
+         f"({config.data.eval}, n={result['n']}): word accuracy {result['word_acc']:.4f}, "
+         f"case-insensitive {result['word_acc_ci']:.4f}, CER {result['cer']:.4f}.")
+    _log("Sample predictions (truth -> prediction):")
+    for _, truth, pred in samples[:config.eval.num_samples]:
+      _log(f"  {'ok ' if truth == pred else 'ERR'} {truth!r:>24} -> {pred!r}")
+  return result
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
