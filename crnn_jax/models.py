@@ -63,8 +63,8 @@ class ConvStack(nn.Module):
       raise ValueError(
           f"model.conv_features must list 7 channel widths (the seed layout); got {self.features}.")
     f = self.features
-    x = images.astype(self.dtype)
     stride = 1
+    x = images.astype(self.dtype) * _column_mask(widths, images.shape[2], stride).astype(self.dtype)
 
     def conv(x, i, kernel=(3, 3), padding="SAME", batch_norm=False):
       x = conv_lib.Conv(f[i], kernel, padding, impl=self.conv_impl, name=f"conv{i + 1}")(x)

@@ -117,7 +117,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int 
   (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
   return state, {"loss": loss, "num_infeasible": aux["num_infeasible"],
-                 "grad_norm": optax.global_norm(grads)}
+                 "grad_norm": optax.tree.norm(grads)}
 
 
 def eval_step(state: TrainState, batch: dict, *, blank_id: int = 0) -> dict:

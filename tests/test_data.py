@@ -1,0 +1,197 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crnn_jax import models
+from crnn_jax.charset import Charset
+from crnn_jax.data import pipeline, preprocess, readers
+
+from helpers import real
+
+SVT = real("svt_train")
+
+
+def _prepare(spec_or_source, **kw):
+  source = readers.open_source(spec_or_source) if isinstance(spec_or_source, str) else (
+      spec_or_source)
+  args = dict(charset=Charset(), height=32, width_buckets=(64, 128, 256))
+  args.update(kw)
+  return pipeline.prepare(source, **args)
+
+
+def test_tsv_reader_on_real_svt_odd_sizes_and_colour_jpegs():
+  source = readers.open_source("tsv:" + SVT)
+  assert len(source) == 257
+  image, text, key = source.read(0)
+  assert image.mode == "RGB" and key.endswith(".jpg") and text
+  prep = _prepare(source)
+  report = prep.report
+  assert report.total == 257
+  # Seven SVT labels hold an apostrophe, which the default charset lacks.
+  assert report.skipped == {"unknown_chars": 7} and report.usable == 250
+  assert "'" in report.describe() and "svt_train" in report.describe()
+  for b in prep.buckets:
+    assert b.images.shape[1:] == (32, b.width) and b.images.dtype == np.uint8
+    assert (b.widths <= b.width).all() and (b.widths >= preprocess.MIN_WIDTH).all()
+  widths = np.concatenate([b.widths for b in prep.buckets])
+  assert len(set(widths.tolist())) > 20  # aspect ratio kept, not one fixed size
+
+
+def _folder_with_problems(tmp_path):
+  folder = tmp_path / "mine"
+  (folder / "img").mkdir(parents=True)
+  lines = []
+  for name in sorted(os.listdir(os.path.join(SVT, "images")))[:6]:
+    shutil.copy(os.path.join(SVT, "images", name), folder / "img" / name)
+    lines.append(f"img/{name}\tWORD{len(lines)}")
+  lines.append("img/not_there.jpg\tGHOST")
+  (folder / "img" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+  lines.append("img/bad.png\tBROKEN")
+  good = Image.open(folder / "img" / sorted(os.listdir(folder / "img"))[0])
+  good.save(folder / "img" / "trunc.jpg")
+  data = (folder / "img" / "trunc.jpg").read_bytes()
+  (folder / "img" / "trunc.jpg").write_bytes(data[:len(data) // 3])
+  lines.append("img/trunc.jpg\tCUT")
+  lines.append("line without a tab")
+  lines.append(f"img/{name}\t")  # empty label
+  (folder / "labels.tsv").write_text("\n".join(lines) + "\n")
+  return folder
+
+
+def test_missing_and_corrupt_files_are_skipped_counted_and_named(tmp_path):
+  folder = _folder_with_problems(tmp_path)
+  prep = _prepare("tsv:" + str(folder))
+  r = prep.report
+  assert r.total == 11 and r.usable == 6 and len(prep) == 6
+  assert r.skipped == {"missing_file": 1, "corrupt_image": 2, "malformed_line": 1,
+                       "empty_label": 1}
+  text = r.describe()
+  assert "not_there.jpg" in text and "bad.png" in text and "trunc.jpg" in text
+  assert sorted(t for b in prep.buckets for t in b.texts) == [f"WORD{i}" for i in range(6)]
+
+
+def test_empty_or_unusable_dataset_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match="no labels.tsv"):
+    readers.open_source(f"tsv:{tmp_path}")
+  with pytest.raises(ValueError, match="does not exist"):
+    readers.open_source(f"tsv:{tmp_path}/nope")
+  (tmp_path / "labels.tsv").write_text("")
+  prep = _prepare(f"tsv:{tmp_path}")
+  with pytest.raises(ValueError, match=r"0 of 0 examples usable"):
+    pipeline.check_usable(prep.report)
+  # All labels use characters the charset lacks.
+  prep = _prepare("tsv:" + real("captcha_digits"), charset=Charset("abc"))
+  with pytest.raises(ValueError, match=r"(?s)0 of 2000 examples usable.*2000 +labels with "
+                                       r"characters outside the charset.*captcha_digits"):
+    pipeline.check_usable(prep.report)
+
+
+def test_unknown_chars_error_mode_names_character():
+  with pytest.raises(ValueError, match="Character \"'\" in text"):
+    _prepare("tsv:" + SVT, unknown_chars="error")
+
+
+def test_long_labels_fit_or_are_reported(tmp_path):
+  folder = tmp_path / "long"
+  folder.mkdir()
+  Image.new("L", (60, 30), 255).save(folder / "short_img.png")
+  lines = ["short_img.png\t" + "ab" * 20,   # 40 chars: needs a wider image than 60 px
+           "short_img.png\t" + "a" * 80]    # 80 repeats need 159 frames > 63 at width 256
+  (folder / "labels.tsv").write_text("\n".join(lines))
+  prep = _prepare(f"tsv:{folder}")
+  assert prep.report.usable == 1 and prep.report.skipped == {"label_too_long": 1}
+  assert "width 256" in prep.report.describe()
+  (b,) = [b for b in prep.buckets if len(b)]
+  assert int(models.num_frames(b.widths[0])) >= 40  # widened to give the label its frames
+
+
+def test_stretch_mode_is_the_seed_resize():
+  prep = _prepare("tsv:" + SVT, resize_mode="stretch", width_buckets=(128,))
+  (b,) = prep.buckets
+  assert b.images.shape[1:] == (32, 128) and (b.widths == 128).all()
+
+
+def test_preprocess_accepts_arrays_pil_and_alpha():
+  rgba = np.zeros((40, 100, 4), np.uint8)
+  rgba[..., 3] = 0  # fully transparent -> white paper
+  out = preprocess.resize(Image.fromarray(rgba, "RGBA"), height=32, max_width=256)
+  assert out.shape == (32, 80) and out.min() == 255
+  floats = np.random.default_rng(0).uniform(size=(16, 16)).astype(np.float32)
+  assert preprocess.resize(floats, height=32, max_width=256).shape == (32, 32)
+  assert preprocess.resize(np.zeros((64, 2000, 3), np.uint8), height=32,
+                           max_width=256).shape == (32, 256)
+  with pytest.raises(ValueError, match="shape"):
+    preprocess.resize(np.zeros((2, 3, 4, 5)), height=32, max_width=64)
+
+
+def test_spec_errors_name_the_spec():
+  with pytest.raises(ValueError, match="unknown kind 'foo'"):
+    readers.open_source("foo:bar")
+  with pytest.raises(ValueError, match="no kind"):
+    readers.open_source("justapath")
+  with pytest.raises(ValueError, match="unknown option"):
+    readers.open_source("synth:10,colour=red")
+
+
+def _train_prep():
+  prep = _prepare("tsv:" + SVT)
+  return pipeline.merge_buckets_up(prep, pipeline.bucket_counts(prep), 8)
+
+
+def test_train_batches_are_a_pure_function_of_step():
+  prep = _train_prep()
+  counts = pipeline.bucket_counts(prep)
+  a = pipeline.TrainBatches(prep, 8, seed=3, counts=counts)
+  b = pipeline.TrainBatches(prep, 8, seed=3, counts=counts)
+  c = pipeline.TrainBatches(prep, 8, seed=4, counts=counts)
+  steps = [0, 5, a.steps_per_epoch + 2, 3 * a.steps_per_epoch - 1]
+  for s in reversed(steps):  # any access order
+    for key in ("images", "labels", "widths", "label_paddings"):
+      np.testing.assert_array_equal(a.batch(s)[key], b.batch(s)[key])
+  assert not np.array_equal(a.batch(0)["labels"], c.batch(0)["labels"])
+  # Resuming mid-epoch at step 7 sees the same stream as an uninterrupted run.
+  it_full, it_resumed = a(0), b(7)
+  full = [next(it_full) for _ in range(12)]
+  for s in range(7, 12):
+    np.testing.assert_array_equal(full[s]["labels"], next(it_resumed)["labels"])
+
+
+def test_an_epoch_visits_each_example_at_most_once_and_widths_never_mix():
+  prep = _train_prep()
+  tb = pipeline.TrainBatches(prep, 8, seed=0, counts=pipeline.bucket_counts(prep))
+  seen = []
+  for s in range(tb.steps_per_epoch):
+    batch = tb.batch(s)
+    assert batch["images"].shape[0] == 8
+    seen.extend(map(bytes, batch["images"].reshape(8, -1)))
+  assert len(set(seen)) == len(seen)
+  assert tb.steps_per_epoch == sum(len(b) // 8 for b in prep.buckets)
+
+
+def test_eval_batches_cover_every_example_once():
+  prep = _prepare("tsv:" + SVT)
+  texts, rows = [], 0
+  for batch, t, _ in pipeline.eval_batches(prep, 32):
+    assert batch["images"].shape[0] == 32
+    assert int(batch["mask"].sum()) == len(t)
+    texts += t
+    rows += 32
+  assert sorted(texts) == sorted(t for b in prep.buckets for t in b.texts)
+  assert len(texts) == 250 and rows > 250  # last batch of each bucket padded, not dropped
+
+
+def test_bucket_merging_fills_batches():
+  prep = _prepare("tsv:" + SVT)
+  counts = pipeline.bucket_counts(prep)
+  merged = pipeline.merge_buckets_up(prep, counts, int(counts[0]) + 1)
+  assert [b.width for b in merged.buckets] == [128, 256]
+  assert len(merged) == len(prep)
+
+
+def test_process_shards_are_disjoint_and_complete():
+  n = 257
+  parts = [pipeline.shard_range(n, i, 3) for i in range(3)]
+  assert sorted(x for p in parts for x in p) == list(range(n))

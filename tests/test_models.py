@@ -1,0 +1,82 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crnn_jax import models
+
+TINY = dict(conv_features=(4, 8, 8, 8, 8, 8, 8), lstm_hidden=8, lstm_layers=2)
+
+
+def _init(model, width=64, batch=2):
+  return model.init(jax.random.key(0), jnp.zeros((batch, model.height, width, 1)),
+                    jnp.full((batch,), width))
+
+
+def test_seed_model_parameter_count_is_exact():
+  model = models.CRNN(num_classes=63)
+  shapes = jax.eval_shape(lambda: _init(model, 128))
+  assert models.count_params(shapes["params"]) == 6_617_663
+  assert models.count_params(shapes["batch_stats"]) == 2_048
+  assert "6,617,663" in models.param_summary(shapes)
+
+
+@pytest.mark.parametrize("width,frames", [(128, 31), (256, 63), (64, 15), (32, 7), (100, 24)])
+def test_frames_grow_with_width(width, frames):
+  model = models.CRNN(num_classes=11, **TINY)
+  variables = _init(model, 64)
+  padded = -(-width // 4) * 4
+  logits, pads = model.apply(variables, jnp.zeros((1, 32, padded, 1)), jnp.array([width]))
+  assert logits.shape == (1, padded // 4 - 1, 11)
+  assert int((pads < 0.5).sum()) == frames == int(models.num_frames(width))
+  assert models.num_frames(models.min_width_for_frames(frames)) >= frames
+
+
+def test_wrong_height_is_a_clear_error():
+  model = models.CRNN(num_classes=11, **TINY)
+  variables = _init(model)
+  with pytest.raises(ValueError, match="height 48.*built for height 32"):
+    model.apply(variables, jnp.zeros((1, 48, 64, 1)), jnp.array([64]))
+
+
+def test_smaller_model_is_config_only():
+  model = models.CRNN(num_classes=11, conv_features=(8, 8, 16, 16, 16, 16, 16),
+                      lstm_hidden=4, lstm_layers=3)
+  variables = _init(model)
+  assert set(variables["params"]) == {"cnn", "bilstm1", "bilstm2", "bilstm3", "classifier"}
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_padded_columns_cannot_change_valid_outputs(train):
+  model = models.CRNN(num_classes=7, **TINY)
+  variables = _init(model, 64)
+  rng = np.random.default_rng(0)
+  widths = np.array([37, 64, 12])
+  clean = rng.uniform(size=(3, 32, 64, 1)).astype(np.float32)
+  for i, w in enumerate(widths):
+    clean[i, :, w:] = 0.0
+  garbage = clean.copy()
+  for i, w in enumerate(widths):
+    garbage[i, :, w:] = rng.uniform(-50, 50, size=garbage[i, :, w:].shape)
+  wider = np.concatenate([garbage, rng.normal(size=(3, 32, 64, 1)).astype(np.float32)], axis=2)
+
+  def run(images):
+    out, _ = model.apply(variables, jnp.asarray(images), jnp.asarray(widths), train=train,
+                         mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+    return out
+
+  (a, pa), (b, _), (c, pc) = run(clean), run(garbage), run(wider)
+  frames = models.num_frames(widths)
+  for i, t in enumerate(frames):
+    np.testing.assert_allclose(a[i, :t], b[i, :t], atol=1e-5)
+    np.testing.assert_allclose(a[i, :t], c[i, :t], atol=1e-5)
+  np.testing.assert_array_equal(pa, pc[:, :pa.shape[1]])
+
+
+def test_forward_under_jit_and_dtypes():
+  model = models.CRNN(num_classes=11, **TINY)
+  variables = _init(model)
+  f = jax.jit(lambda v, x, w: model.apply(v, x, w))
+  logits, pads = f(variables, jnp.zeros((2, 32, 64)), jnp.array([64, 20]))
+  assert logits.dtype == jnp.float32 and pads.dtype == jnp.float32
+  assert logits.shape == (2, 15, 11)
