@@ -545,7 +545,7 @@ class Renderer:
                 )
 
         image = self._paint(rng, text_mask)
-        image = self._degrade(rng, image)
+        image = self._degrade(rng, image, text_px=(y1 - y0) * scale)
         return np.array(image), text
 
     def _paint(self, rng: random.Random, text_mask: Image.Image) -> Image.Image:
@@ -553,7 +553,7 @@ class Renderer:
         d = self.difficulty
         size = text_mask.size
         # Text and background mean luminance, at least `contrast` apart.
-        contrast = rng.uniform(_lerp(150.0, 60.0, d), 255.0)
+        contrast = rng.uniform(_lerp(150.0, 80.0, d), 255.0)
         text_lum = rng.uniform(0.0, 255.0 - contrast)
         bg_lum = text_lum + contrast
         if rng.random() < 0.4 * d:  # light text on a dark background
@@ -590,22 +590,28 @@ class Renderer:
             image.paste(_colour(rng, text_lum, text_saturation), (0, 0, *size), text_mask)
         return image
 
-    def _degrade(self, rng: random.Random, image: Image.Image) -> Image.Image:
-        """Camera-like degradations, each with a probability that grows with difficulty."""
+    def _degrade(self, rng: random.Random, image: Image.Image, text_px: float) -> Image.Image:
+        """Camera-like degradations, each with a probability that grows with difficulty.
+
+        `text_px` (the text's height in output pixels) caps the softening, so that small
+        text keeps about 9 pixels of effective height and stays readable.
+        """
         d = self.difficulty
         width, height = image.size
         softness = rng.random()
         if softness < 0.2 * d:  # low resolution
-            factor = rng.uniform(1.2, 2.2)
-            small = (max(1, round(width / factor)), max(1, round(height / factor)))
-            image = image.resize(small, Image.Resampling.BILINEAR).resize(
-                (width, height), Image.Resampling.BILINEAR
-            )
+            factor = min(rng.uniform(1.2, 2.2), text_px / 9.0)
+            if factor > 1.1:
+                small = (max(1, round(width / factor)), max(1, round(height / factor)))
+                image = image.resize(small, Image.Resampling.BILINEAR).resize(
+                    (width, height), Image.Resampling.BILINEAR
+                )
         elif softness < 0.4 * d:  # out of focus
-            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.1)))
+            radius = rng.uniform(0.4, 1.1) * min(1.0, text_px / 20.0)
+            image = image.filter(ImageFilter.GaussianBlur(radius))
         if rng.random() < 0.2 * d:  # uneven lighting
             light = Image.new("L", (2, 2))
-            light.putdata([round(255 * rng.uniform(0.55, 1.0)) for _ in range(4)])
+            light.putdata([round(255 * rng.uniform(0.7, 1.0)) for _ in range(4)])
             light = light.resize((width, height), Image.Resampling.BILINEAR)
             image = ImageChops.multiply(image, Image.merge("RGB", (light, light, light)))
         if rng.random() < 0.4 * d:
