@@ -545,7 +545,7 @@ class Renderer:
                 )
 
         image = self._paint(rng, text_mask)
-        image = self._degrade(rng, image, text_px=(y1 - y0) * scale)
+        image = self._degrade(rng, image, text_px=float((y1 - y0) * scale))
         return np.array(image), text
 
     def _paint(self, rng: random.Random, text_mask: Image.Image) -> Image.Image:
