@@ -1,0 +1,43 @@
+"""Export a trained model: python scripts/export.py --workdir DIR --output EXPORT_DIR.
+
+Writes a `jax.export` artefact of preprocessed images -> logits + greedy decoding, with
+symbolic batch size and width, plus meta.json. Run it without this project's code:
+  python crnn_jax/export_loader.py EXPORT_DIR image.png ...
+See docs/inference.md.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  where = p.add_mutually_exclusive_group(required=True)
+  where.add_argument("--workdir", help="training workdir (its best checkpoint, else latest)")
+  where.add_argument("--checkpoint", help="a checkpoint folder (workdir, best/, checkpoints/ "
+                     "or a step folder)")
+  p.add_argument("--output", required=True, help="folder to write the export into")
+  p.add_argument("--platforms", default=None,
+                 help="comma-separated, e.g. cpu,cuda (default: this machine's backend)")
+  args = p.parse_args(argv)
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)  # Orbax reports read-only managers at WARNING
+
+  from crnn_jax import export
+
+  platforms = args.platforms.split(",") if args.platforms else None
+  meta = export.export_checkpoint(args.workdir or args.checkpoint, args.output,
+                                  platforms=platforms)
+  size = os.path.getsize(os.path.join(args.output, export.MODEL_FILE))
+  print(f"Exported {meta['checkpoint']['path']} (step {meta['checkpoint']['step']}) to "
+        f"{args.output}: {export.MODEL_FILE} ({size / 1e6:.1f} MB, platforms "
+        f"{','.join(meta['platforms'])}), {export.META_FILE}.\n"
+        f"Run it: python crnn_jax/export_loader.py {args.output} IMAGE...")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
