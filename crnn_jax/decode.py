@@ -206,29 +206,33 @@ def greedy_decode(
 
 
 class _Beams(NamedTuple):
-    """The state of one example's beam search: `W` prefixes, each in a fixed buffer."""
+    """One example's beam-search state: `W` prefixes, kept as hashes, not as label buffers.
 
-    tokens: jax.Array  # (W, L) int32, -1 past the prefix length
+    The labels themselves are recovered at the end from per-frame back-pointers, so a
+    frame costs O(W K) work however long the prefixes grow.
+    """
+
     length: jax.Array  # (W,) int32
     last: jax.Array  # (W,) int32 last label, -1 for the empty prefix
     log_pb: jax.Array  # (W,) log P(prefix, with the last frame a blank)
     log_pnb: jax.Array  # (W,) log P(prefix, with the last frame its last label)
-    hash: jax.Array  # (W, 2) uint32 hash of the prefix
-    parent_hash: jax.Array  # (W, 2) uint32 hash of the prefix without its last label
+    hash: jax.Array  # (2, W) uint32 hash of the prefix
+    parent_hash: jax.Array  # (2, W) uint32 hash of the prefix without its last label
     lm_state: jax.Array  # (W,) int32 row of the LM table for the prefix's context
     lm_score: jax.Array  # (W,) LM log-probability of the prefix
     node: jax.Array  # (W,) int32 trie node of the prefix
 
 
-# Two independent 32-bit hash lanes make an accidental match about 2**-64 per pair; a match
-# is then confirmed against the token buffers, so a collision can only cost a merge.
+# Prefixes are identified by a 64-bit hash (two 32-bit lanes) together with their length.
+# Extending two different prefixes of equal length by the same label never collides (each
+# step is a bijection of the hash), so a false match needs a 2**-64 coincidence.
 _HASH_SEEDS = (0x9E3779B9, 0x7F4A7C15)
 
 
 def _extend_hash(hashes: jax.Array, labels: jax.Array) -> jax.Array:
-    """Hash of `prefix + [label]` from the hash of `prefix`: `(..., 2)`, `(...)` -> `(..., 2)`."""
+    """Hash of `prefix + [label]` from the hash of `prefix`: `(2, W)`, `(W,)` -> `(2, W)`."""
     x = hashes * jnp.uint32(0x01000193)
-    x = x ^ (labels[..., None].astype(jnp.uint32) + jnp.asarray(_HASH_SEEDS, jnp.uint32))
+    x = x ^ (labels[None, :].astype(jnp.uint32) + jnp.asarray(_HASH_SEEDS, jnp.uint32)[:, None])
     # The murmur3 finaliser spreads every input bit over the whole word.
     x = x ^ (x >> 16)
     x = x * jnp.uint32(0x85EBCA6B)
@@ -237,102 +241,141 @@ def _extend_hash(hashes: jax.Array, labels: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def _initial_beams(beam_size: int, max_length: int, lm_start: int) -> _Beams:
+def _initial_beams(beam_size: int, lm_start: int) -> _Beams:
     """The empty prefix with probability one, and `beam_size - 1` empty slots."""
     w = beam_size
     return _Beams(
-        tokens=jnp.full((w, max_length), -1, jnp.int32),
         length=jnp.zeros((w,), jnp.int32),
         last=jnp.full((w,), -1, jnp.int32),
         log_pb=jnp.full((w,), _NEG_INF).at[0].set(0.0),
         log_pnb=jnp.full((w,), _NEG_INF),
-        hash=jnp.zeros((w, 2), jnp.uint32),
-        parent_hash=jnp.zeros((w, 2), jnp.uint32),
+        hash=jnp.zeros((2, w), jnp.uint32),
+        parent_hash=jnp.zeros((2, w), jnp.uint32),
         lm_state=jnp.full((w,), lm_start, jnp.int32),
         lm_score=jnp.zeros((w,)),
         node=jnp.zeros((w,), jnp.int32),
     )
 
 
+def _likely_labels(log_probs: jax.Array, beam_size: int, blank_id: int) -> jax.Array:
+    """The `W + 1` likeliest non-blank labels of each frame: `(..., K)` -> `(..., W+1)`.
+
+    Only these can extend a beam into the next `W`. Growing beam i by any other label c
+    gives less than growing it by each of the `W` listed labels other than its last one:
+    the label probability is lower, and the base is `P(prefix)` for them but at most that
+    for c (`P_blank(prefix)` if c repeats the last label). These `W` candidates are
+    distinct prefixes, and merging only raises their scores, so c is never kept. This
+    holds only when the rank of a candidate depends on its label through the label's
+    probability alone: with no LM and no trie.
+    """
+    labels = jnp.arange(log_probs.shape[-1])
+    _, likely = jax.lax.top_k(jnp.where(labels == blank_id, _NEG_INF, log_probs), beam_size + 1)
+    return likely.astype(jnp.int32)
+
+
+def _candidate_labels(
+    beam_size: int, likely: jax.Array | None, *, num_classes: int, blank_id: int
+) -> tuple[jax.Array, int]:
+    """The labels each beam may grow by this frame, `(M,)`, and the "stay" column.
+
+    Without `likely`, column c is label c and the blank column stands for "stay". With
+    it, column 0 is "stay" and the rest are the likely labels.
+    """
+    if likely is None:
+        return jnp.arange(num_classes), blank_id
+    return jnp.concatenate([jnp.full((1,), blank_id, jnp.int32), likely]), 0
+
+
 def _beam_step(
     beams: _Beams,
     log_probs: jax.Array,
+    likely: jax.Array | None,
     *,
     blank_id: int,
+    max_length: int,
     lm: CharNgramLM | None,
     trie: Trie | None,
     alpha: jax.Array,
     beta: jax.Array,
-) -> _Beams:
-    """Advances one example's beams by one frame of `log_probs (K,)`."""
-    beam_size, max_length = beams.tokens.shape
+) -> tuple[_Beams, jax.Array, jax.Array]:
+    """Advances one example's beams by one frame of `log_probs (K,)`.
+
+    `likely (W+1,)` from `_likely_labels` restricts the labels tried, or is None.
+
+    Returns:
+      The new beams, and for each new beam the beam it came from `(W,)` and the label it
+      appended `(W,)`, -1 if it stayed the same prefix.
+    """
+    beam_size = beams.length.shape[0]
     num_classes = log_probs.shape[0]
-    labels = jnp.arange(num_classes)
     prev_total = jnp.logaddexp(beams.log_pb, beams.log_pnb)
     alive = prev_total > _NEG_INF
+    last = jnp.maximum(beams.last, 0)
 
     # A prefix stays the same if this frame is a blank, or repeats its last label.
     stay_pb = prev_total + log_probs[blank_id]
-    stay_pnb = jnp.where(
-        beams.last >= 0, beams.log_pnb + log_probs[jnp.maximum(beams.last, 0)], _NEG_INF
-    )
+    stay_pnb = jnp.where(beams.last >= 0, beams.log_pnb + log_probs[last], _NEG_INF)
+
     # A prefix grows by label c; repeating the last label needs a blank in between.
-    repeat = labels[None, :] == beams.last[:, None]
-    grow_pnb = jnp.where(repeat, beams.log_pb[:, None], prev_total[:, None]) + log_probs
-    can_grow = (labels != blank_id)[None, :] & (beams.length < max_length)[:, None]
+    cand_labels, stay_column = _candidate_labels(
+        beam_size, likely, num_classes=num_classes, blank_id=blank_id
+    )  # (M,)
+    width = cand_labels.shape[0]
+    is_stay = jnp.arange(width) == stay_column  # (M,)
+    repeat = cand_labels[None, :] == beams.last[:, None]  # (W, M)
+    label_log_probs = log_probs if likely is None else log_probs[cand_labels]
+    grow_pnb = jnp.where(repeat, beams.log_pb[:, None], prev_total[:, None]) + label_log_probs
+    can_grow = (cand_labels != blank_id)[None, :] & (beams.length < max_length)[:, None]
     if trie is not None:
-        child = trie.children[beams.node]  # (W, K)
+        child = trie.children[beams.node]  # (W, K), aligned with cand_labels
         can_grow &= child >= 0
-    grow_pnb = jnp.where(can_grow, grow_pnb, _NEG_INF)  # (W, K)
+    grow_pnb = jnp.where(can_grow, grow_pnb, _NEG_INF)  # (W, M)
 
-    # Growing beam i by c can give the prefix that beam j already holds; add that mass to
-    # beam j and drop the duplicate. Hashes find i for each j in O(W^2); the token buffers
-    # confirm it in O(W L).
-    same = jnp.all(beams.parent_hash[:, None, :] == beams.hash[None, :, :], axis=-1)
-    same &= alive[None, :]  # (W_j, W_i)
-    parent = jnp.argmax(same, axis=1)
-    without_last = jnp.where(
-        jnp.arange(max_length)[None, :] == beams.length[:, None] - 1, -1, beams.tokens
+    # Growing beam i by c can give the prefix that beam j already holds: then add that
+    # mass to beam j and drop the duplicate candidate. Hashes find i, in O(W^2).
+    is_parent = (beams.parent_hash[0][:, None] == beams.hash[0][None, :]) & (
+        beams.parent_hash[1][:, None] == beams.hash[1][None, :]
     )
-    has_parent = (
-        jnp.any(same, axis=1)
-        & alive
-        & (beams.length > 0)
-        & jnp.all(beams.tokens[parent] == without_last, axis=1)
+    is_parent &= beams.length[:, None] == beams.length[None, :] + 1
+    is_parent &= alive[:, None] & alive[None, :]  # (W_j, W_i)
+    # The mass of i grown by j's last label, from (W, W) terms alone.
+    via_parent = jnp.where(
+        beams.last[:, None] == beams.last[None, :], beams.log_pb[None, :], prev_total[None, :]
+    ) + log_probs[last][:, None]
+    from_parent = jnp.max(jnp.where(is_parent, via_parent, _NEG_INF), axis=1)
+    stay_pnb = jnp.logaddexp(stay_pnb, from_parent)
+    # Candidate (parent of j, column of j's last label) now duplicates j; drop it, unless
+    # that label is not among the candidates at all.
+    parent = jnp.argmax(is_parent, axis=1)
+    duplicate = jnp.where(
+        jnp.any(is_parent, axis=1) & jnp.any(repeat, axis=1),
+        parent * width + jnp.argmax(repeat, axis=1),
+        beam_size * width,
     )
-    last = jnp.maximum(beams.last, 0)
-    stay_pnb = jnp.where(
-        has_parent, jnp.logaddexp(stay_pnb, grow_pnb[parent, last]), stay_pnb
-    )
-    grow_pnb = grow_pnb.at[jnp.where(has_parent, parent, beam_size), last].set(
-        _NEG_INF, mode="drop"
-    )
+    grow_pnb = grow_pnb.reshape(-1).at[duplicate].set(_NEG_INF, mode="drop")
+    grow_pnb = grow_pnb.reshape(beam_size, width)
 
-    # Candidates (W, K): column blank_id holds "stay", column c != blank_id "grow by c".
-    is_stay = labels == blank_id
-    cand_pb = jnp.where(is_stay, stay_pb[:, None], _NEG_INF)
-    cand_pnb = jnp.where(is_stay, stay_pnb[:, None], grow_pnb)
+    # Rank all candidates (W, M) and keep the best W.
     cand_length = beams.length[:, None] + (~is_stay).astype(jnp.int32)
-    rank = jnp.logaddexp(cand_pb, cand_pnb) + beta * cand_length
+    stay_total = jnp.logaddexp(stay_pb, stay_pnb)
+    rank = jnp.where(is_stay, stay_total[:, None], grow_pnb) + beta * cand_length
     cand_lm = None
     if lm is not None:
         cand_lm = beams.lm_score[:, None] + jnp.where(is_stay, 0.0, lm.log_probs[beams.lm_state])
         rank += alpha * cand_lm
     _, best = jax.lax.top_k(rank.reshape(-1), beam_size)
-    src, label = best // num_classes, best % num_classes
-    grows = label != blank_id
+    src, column = best // width, best % width
+    grows = column != stay_column
+    label = jnp.where(grows, cand_labels[column], -1)
 
-    length = beams.length[src]
-    write = grows[:, None] & (jnp.arange(max_length)[None, :] == length[:, None])
-    src_hash = beams.hash[src]
+    src_hash = beams.hash[:, src]
     new = _Beams(
-        tokens=jnp.where(write, label[:, None], beams.tokens[src]),
-        length=length + grows,
+        length=beams.length[src] + grows,
         last=jnp.where(grows, label, beams.last[src]),
-        log_pb=cand_pb.reshape(-1)[best],
-        log_pnb=cand_pnb.reshape(-1)[best],
-        hash=jnp.where(grows[:, None], _extend_hash(src_hash, label), src_hash),
-        parent_hash=jnp.where(grows[:, None], src_hash, beams.parent_hash[src]),
+        log_pb=jnp.where(grows, _NEG_INF, stay_pb[src]),
+        log_pnb=jnp.where(grows, grow_pnb[src, column], stay_pnb[src]),
+        hash=jnp.where(grows, _extend_hash(src_hash, label), src_hash),
+        parent_hash=jnp.where(grows, src_hash, beams.parent_hash[:, src]),
         lm_state=beams.lm_state[src],
         lm_score=beams.lm_score[src],
         node=beams.node[src],
@@ -341,11 +384,29 @@ def _beam_step(
         rows = lm.log_probs.shape[0]
         new = new._replace(
             lm_state=jnp.where(grows, (new.lm_state * num_classes + label) % rows, new.lm_state),
-            lm_score=cand_lm.reshape(-1)[best],
+            lm_score=cand_lm[src, column],
         )
     if trie is not None:
-        new = new._replace(node=jnp.where(grows, child[src, label], new.node))
-    return new
+        new = new._replace(node=jnp.where(grows, child[src, column], new.node))
+    return new, src, label
+
+
+def _backtrack(
+    sources: jax.Array, appended: jax.Array, final: jax.Array, max_length: int
+) -> jax.Array:
+    """Labels of the final beams `final (k,)` from back-pointers `(T, W)`: `(k, max_length)`."""
+
+    def step(beam, frame):
+        frame_sources, frame_appended = frame
+        return frame_sources[beam], frame_appended[beam]
+
+    _, emitted = jax.lax.scan(step, final, (sources, appended), reverse=True)  # (T, k)
+    emitted = emitted.T
+    # Left-justify the emitted labels; the frames that appended nothing are dropped.
+    slot = jnp.where(emitted >= 0, jnp.cumsum(emitted >= 0, axis=1) - 1, max_length)
+    rows = jnp.arange(final.shape[0])[:, None]
+    tokens = jnp.full((final.shape[0], max_length), -1, jnp.int32)
+    return tokens.at[rows, slot].set(emitted, mode="drop")
 
 
 def _beam_search(
@@ -387,17 +448,31 @@ def _beam_search(
     alpha = jnp.asarray(alpha, jnp.float32)
     beta = jnp.asarray(beta, jnp.float32)
     step = functools.partial(
-        _beam_step, blank_id=blank_id, lm=lm, trie=trie, alpha=alpha, beta=beta
+        _beam_step,
+        blank_id=blank_id,
+        max_length=max_length,
+        lm=lm,
+        trie=trie,
+        alpha=alpha,
+        beta=beta,
     )
+    stay_put = jnp.arange(beam_size)
+    # Without an LM or a trie only the likeliest labels of a frame can extend a beam.
+    prune = lm is None and trie is None and beam_size + 2 < num_classes
 
     def decode_one(log_probs: jax.Array, paddings: jax.Array) -> DecodeResult:
         def scan_step(beams, frame):
-            frame_log_probs, padded = frame
-            advanced = step(beams, frame_log_probs)
-            return jax.tree.map(lambda old, new: jnp.where(padded, old, new), beams, advanced), None
+            frame_log_probs, likely, padded = frame
+            new, src, appended = step(beams, frame_log_probs, likely)
+            # A padded frame leaves every beam where it was.
+            new = jax.tree.map(lambda old, value: jnp.where(padded, old, value), beams, new)
+            src = jnp.where(padded, stay_put, src)
+            return new, (src, jnp.where(padded, -1, appended))
 
-        beams = _initial_beams(beam_size, max_length, lm_start)
-        beams, _ = jax.lax.scan(scan_step, beams, (log_probs, paddings > 0.5))
+        likely = _likely_labels(log_probs, beam_size, blank_id) if prune else None
+        beams, (sources, appended) = jax.lax.scan(
+            scan_step, _initial_beams(beam_size, lm_start), (log_probs, likely, paddings > 0.5)
+        )
         rank = jnp.logaddexp(beams.log_pb, beams.log_pnb) + beta * beams.length
         if lm is not None:
             end = lm.log_probs[beams.lm_state, blank_id]
@@ -406,7 +481,8 @@ def _beam_search(
             rank = jnp.where(trie.is_word[beams.node], rank, _NEG_INF)
         scores, order = jax.lax.top_k(rank, top_k)
         found = scores > _NEG_INF
-        tokens = jnp.where(found[:, None], beams.tokens[order], -1)
+        tokens = _backtrack(sources, appended, order, max_length)
+        tokens = jnp.where(found[:, None], tokens, -1)
         lengths = jnp.where(found, beams.length[order], 0)
         return DecodeResult(tokens, lengths, scores)
 

@@ -237,14 +237,18 @@ def assert_matches_reference(result, log_probs, paddings, **kwargs):
     assert skipped <= 0.01 * log_probs.shape[0]
 
 
-def test_beam_search_matches_reference_on_random_inputs():
-    rng = np.random.default_rng(2)
-    batch, frames, classes = 3000, 8, 5
+# With K > beam_size + 3 the search only tries each frame's likeliest labels; both paths.
+@pytest.mark.parametrize("batch, classes, beam_size", [(3000, 5, 4), (1000, 12, 3)])
+def test_beam_search_matches_reference_on_random_inputs(batch, classes, beam_size):
+    rng = np.random.default_rng(classes)
+    frames = 8
     logits = random_logits(rng, batch, frames, classes)
     paddings = trailing_paddings(rng, batch, frames)
     logits = np.where(paddings[..., None] > 0, 30.0 * logits, logits)  # garbage when padded
-    result = decode.prefix_beam_search(logits, paddings, beam_size=4, top_k=3)
-    assert_matches_reference(result, log_softmax(logits), paddings, beam_size=4, top_k=3)
+    result = decode.prefix_beam_search(logits, paddings, beam_size=beam_size, top_k=3)
+    assert_matches_reference(
+        result, log_softmax(logits), paddings, beam_size=beam_size, top_k=3
+    )
 
 
 def test_beam_search_with_lm_and_max_length_matches_reference():
