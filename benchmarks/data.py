@@ -1,0 +1,181 @@
+"""Data benchmarks: python benchmarks/data.py [--images N] [--warmup N] [--workers K] [--no_trdg]
+
+Prints one table. Renderer rows (crnn_jax.data.render, height 32, difficulty 1):
+  * render, 1 process, cold: the first --warmup images of a fresh renderer (glyph caches
+    filling; fonts already checked).
+  * render, 1 process, warm: the next --images images.
+  * render_range, K workers: --images * K images through render.iter_range (spawn workers,
+    start-up included) and the rate over its second half (steady state).
+  * trdg (TextRecognitionDataGenerator 1.8, 1 process, 32 px, its defaults): run with the
+    Python of a separate venv ($TRDG_PYTHON, default /tmp/trdg-venv/bin/python) because trdg
+    needs Pillow < 10; the row says why when it cannot run.
+The target is 1,000 images/s for two processes (500 per process). The machine is shared and
+its speed drifts: compare rows of one invocation only; the load average is printed first.
+
+Besides wall-clock images/s, each row gives images per CPU-second of the processes doing the
+work (user + system time): on a machine shared with other jobs the wall rate drops with the
+load, the CPU rate much less. "If idle" is CPU rate x processes, the wall rate to expect with
+the cores to ourselves.
+
+Each benchmark is a function returning rows (name, images/s, images per CPU-second, note);
+add new ones to BENCHMARKS.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TARGET_PER_PROCESS = 500.0
+TRDG_PYTHON = os.environ.get("TRDG_PYTHON", "/tmp/trdg-venv/bin/python")
+TRDG_SETUP = (
+    "python3 -m venv /tmp/trdg-venv && /tmp/trdg-venv/bin/pip install trdg==1.8.0 'pillow<10'"
+)
+
+Row = tuple[str, float | None, float | None, str]
+
+
+def _cpu(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench_render_single(args: argparse.Namespace) -> list[Row]:
+    """One process: cold (caches filling) then warm images/s."""
+    from crnn_jax.data import render
+
+    renderer = render.Renderer(seed=0, height=32, difficulty=1.0).prepare()
+    rows = []
+    for name, indices, note in (
+        (f"render, 1 process, cold ({args.warmup} images)", range(args.warmup), "caches filling"),
+        (
+            f"render, 1 process, warm ({args.images} images)",
+            range(args.warmup, args.warmup + args.images),
+            "",
+        ),
+    ):
+        start, cpu = time.perf_counter(), _cpu()
+        for i in indices:
+            renderer.render(i)
+        wall, cpu = time.perf_counter() - start, _cpu() - cpu
+        rows.append((name, len(indices) / wall, len(indices) / cpu, note))
+    return rows
+
+
+def bench_render_workers(args: argparse.Namespace) -> list[Row]:
+    """render.iter_range with worker processes, start-up included, and its second half."""
+    from crnn_jax.data import render
+
+    total = args.images * args.workers
+    start, cpu = time.perf_counter(), _cpu() + _cpu(resource.RUSAGE_CHILDREN)
+    half_time = None
+    for count, _ in enumerate(
+        render.iter_range(0, 0, total, height=32, num_workers=args.workers), start=1
+    ):
+        if count == total // 2:
+            half_time = time.perf_counter()
+    end = time.perf_counter()
+    # The workers have exited (iter_range waits for them), so their time is counted.
+    cpu = _cpu() + _cpu(resource.RUSAGE_CHILDREN) - cpu
+    overall = total / (end - start)
+    second_half = (total - total // 2) / (end - half_time)
+    return [
+        (
+            f"render_range, {args.workers} workers ({total} images)",
+            overall,
+            total / cpu,
+            "incl. start-up; CPU of parent + workers",
+        ),
+        (f"render_range, {args.workers} workers, 2nd half", second_half, None, "steady state"),
+    ]
+
+
+_TRDG_SCRIPT = """
+import json, sys, time, warnings
+warnings.filterwarnings('ignore')
+from trdg.generators import GeneratorFromDict
+n = int(sys.argv[1])
+gen = GeneratorFromDict(count=n + 50, size=32)
+it = iter(gen)
+for _ in range(50):
+    next(it)  # font loading and dictionary set-up
+start, cpu = time.perf_counter(), time.process_time()
+for _ in range(n):
+    image, label = next(it)
+wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"images_per_s": n / wall, "images_per_cpu_s": n / cpu, "height": image.size[1]}))
+"""
+
+
+def bench_trdg(args: argparse.Namespace) -> list[Row]:
+    """trdg's images/s in its own venv (it needs Pillow < 10), or why it was not measured."""
+    name = "trdg 1.8, 1 process (GeneratorFromDict, size=32)"
+    if args.no_trdg:
+        return [(name, None, None, "skipped (--no_trdg)")]
+    if not os.path.exists(TRDG_PYTHON):
+        return [(name, None, None, f"not measured: no {TRDG_PYTHON}; set up with: {TRDG_SETUP}")]
+    try:
+        done = subprocess.run(
+            [TRDG_PYTHON, "-c", _TRDG_SCRIPT, str(args.images // 4)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    except subprocess.TimeoutExpired:
+        return [(name, None, None, "not measured: timed out after 900 s")]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return [(name, None, None, f"not measured: trdg failed: {error[:120]}")]
+    result = json.loads(lines[-1])
+    note = f"{args.images // 4} images, height {result['height']}"
+    return [(name, result["images_per_s"], result["images_per_cpu_s"], note)]
+
+
+BENCHMARKS = (bench_render_single, bench_render_workers, bench_trdg)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=int, default=5000, help="images per measured process")
+    p.add_argument("--warmup", type=int, default=5000, help="cold images before the warm run")
+    p.add_argument("--workers", type=int, default=2, help="worker processes for render_range")
+    p.add_argument("--no_trdg", action="store_true", help="skip the trdg comparison")
+    args = p.parse_args(argv)
+
+    print(
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+        f"cores: {os.cpu_count()}",
+        flush=True,
+    )
+    rows: list[Row] = []
+    for bench in BENCHMARKS:
+        rows.extend(bench(args))
+        print(f"  ran {bench.__name__}", file=sys.stderr, flush=True)
+
+    header = (
+        f"{'benchmark':52s} {'images/s':>8s} {'vs target':>9s} {'per CPU-s':>9s} {'if idle':>8s}"
+    )
+    print(header + "  note")
+    for name, rate, cpu_rate, note in rows:
+        processes = args.workers if "workers" in name else 1
+        target = TARGET_PER_PROCESS * processes
+        cells = [
+            f"{rate:8.0f}" if rate is not None else f"{'-':>8s}",
+            f"{rate / target:8.2f}x" if rate is not None else f"{'-':>9s}",
+            f"{cpu_rate:9.0f}" if cpu_rate is not None else f"{'-':>9s}",
+            f"{cpu_rate * processes:8.0f}" if cpu_rate is not None else f"{'-':>8s}",
+        ]
+        print(f"{name:52s} {' '.join(cells)}  {note}")
+    print(f"target: {TARGET_PER_PROCESS:.0f} images/s per process")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
