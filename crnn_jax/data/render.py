@@ -511,9 +511,13 @@ class Renderer:
             plane[:, 1] += curve_px * (plane[:, 0] / curve_half) ** 2
         x0, x1 = plane[:, 0].min(), plane[:, 0].max()
         y0, y1 = plane[:, 1].min(), plane[:, 1].max()
+        ink_height = max(1.0, y1 - y0)
         if line_box:
+            # Extend to the ascender/descender lines, by at most 30% of the ink height each
+            # way (script fonts have tall lines around small digits).
             guides = _apply(forward, np.array([[cx, baseline - ascent], [cx, baseline + descent]]))
-            y0, y1 = min(y0, guides[:, 1].min()), max(y1, guides[:, 1].max())
+            y0 = max(min(y0, guides[:, 1].min()), y0 - 0.3 * ink_height)
+            y1 = min(max(y1, guides[:, 1].max()), y1 + 0.3 * ink_height)
         ref = max(1.0, y1 - y0)
         box = (x0 - left * ref, y0 - top * ref, x1 + right * ref, y1 + bottom * ref)
         scale = height / (box[3] - box[1])
@@ -545,7 +549,7 @@ class Renderer:
                 )
 
         image = self._paint(rng, text_mask)
-        image = self._degrade(rng, image, text_px=float((y1 - y0) * scale))
+        image = self._degrade(rng, image, text_px=float(ink_height * scale))
         return np.array(image), text
 
     def _paint(self, rng: random.Random, text_mask: Image.Image) -> Image.Image:
@@ -553,7 +557,7 @@ class Renderer:
         d = self.difficulty
         size = text_mask.size
         # Text and background mean luminance, at least `contrast` apart.
-        contrast = rng.uniform(_lerp(150.0, 80.0, d), 255.0)
+        contrast = rng.uniform(_lerp(150.0, 100.0, d), 255.0)
         text_lum = rng.uniform(0.0, 255.0 - contrast)
         bg_lum = text_lum + contrast
         if rng.random() < 0.4 * d:  # light text on a dark background
@@ -594,20 +598,20 @@ class Renderer:
         """Camera-like degradations, each with a probability that grows with difficulty.
 
         `text_px` (the text's height in output pixels) caps the softening, so that small
-        text keeps about 9 pixels of effective height and stays readable.
+        text keeps about 16 pixels of effective height and stays readable.
         """
         d = self.difficulty
         width, height = image.size
         softness = rng.random()
-        if softness < 0.2 * d:  # low resolution
-            factor = min(rng.uniform(1.2, 2.2), text_px / 9.0)
+        if softness < 0.15 * d:  # low resolution
+            factor = min(rng.uniform(1.2, 1.8), text_px / 16.0)
             if factor > 1.1:
                 small = (max(1, round(width / factor)), max(1, round(height / factor)))
                 image = image.resize(small, Image.Resampling.BILINEAR).resize(
                     (width, height), Image.Resampling.BILINEAR
                 )
-        elif softness < 0.4 * d:  # out of focus
-            radius = rng.uniform(0.4, 1.1) * min(1.0, text_px / 20.0)
+        elif softness < 0.3 * d:  # out of focus
+            radius = rng.uniform(0.3, 0.9) * min(1.0, text_px / 24.0)
             image = image.filter(ImageFilter.GaussianBlur(radius))
         if rng.random() < 0.2 * d:  # uneven lighting
             light = Image.new("L", (2, 2))
@@ -615,12 +619,12 @@ class Renderer:
             light = light.resize((width, height), Image.Resampling.BILINEAR)
             image = ImageChops.multiply(image, Image.merge("RGB", (light, light, light)))
         if rng.random() < 0.4 * d:
-            sigma = rng.uniform(2.0, 12.0)
+            sigma = rng.uniform(2.0, 10.0)
             pixels = np.asarray(image, dtype=np.float32) + sigma * _noise(rng, (height, width, 1))
             image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
         if rng.random() < 0.3 * d:
             buffer = io.BytesIO()
-            image.save(buffer, "JPEG", quality=rng.randint(25, 75))
+            image.save(buffer, "JPEG", quality=rng.randint(35, 80))
             buffer.seek(0)
             image = Image.open(buffer).convert("RGB")
         return image
