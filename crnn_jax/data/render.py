@@ -678,12 +678,14 @@ class _Glyphs:
             ImageDraw.Draw(image).text((-left, -top), char, fill=255, font=self.font, anchor="ls")
             bitmap = np.asarray(image)
             advance = self.font.getlength(char)
+            extremes = _extreme_points(_ink_outline(bitmap))
         else:
-            base, left, top, advance, _ = self.get(char, 0)
+            base, left, top, advance, extremes = self.get(char, 0)
             factor = 2**level
             bitmap = np.asarray(Image.fromarray(base).reduce(factor))
             left, top, advance = left / factor, top / factor, advance / factor
-        glyph = (bitmap, left, top, advance, _extreme_points(_ink_outline(bitmap)))
+            extremes = extremes / factor  # within a pixel of the reduced bitmap's own
+        glyph = (bitmap, left, top, advance, extremes)
         cache[char] = glyph
         return glyph
 
