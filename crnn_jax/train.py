@@ -376,6 +376,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              f"train.num_steps={num_steps}.")
   ckpts.wait()
   ckpts.close()
+  if jax.process_count() > 1:
+    # Every process prints what it holds, so diverged replicas would show.
+    print(f"process {jax.process_index()}: step {int(state.step)}, parameter checksum "
+          f"{params_checksum(state.params)}", flush=True)
   if writer:
     writer.close()
   if result and stop.signum is None:
@@ -386,6 +390,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for _, truth, pred in samples[:config.eval.num_samples]:
       _log(f"  {'ok ' if truth == pred else 'ERR'} {truth!r:>24} -> {pred!r}")
   return result
+
+
+def params_checksum(params) -> str:
+  """SHA-256 (16 hex digits) of this process's copy of the parameters."""
+  import hashlib
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    h.update(np.asarray(leaf.addressable_data(0)).tobytes())
+  return h.hexdigest()[:16]
 
 
 def _hms(seconds: float) -> str:

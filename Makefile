@@ -1,0 +1,22 @@
+# The README's two entry commands. Each creates or updates the local virtualenv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/quick
+
+.PHONY: train test setup
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Quick CPU training on the built-in synthetic words; ends with validation
+# accuracy and sample predictions. Re-running resumes from runs/quick.
+train: setup
+	$(PY) scripts/train.py --config configs/quick.py --workdir $(WORKDIR)
+
+test: setup
+	$(PY) -m pytest -q
