@@ -235,26 +235,33 @@ class SynthWords(tfds.core.GeneratorBasedBuilder):
 
 
 class Progress:
-    """Logs 'name: count/total images, N images/s, ETA ...' at most every `every` seconds."""
+    """Logs 'name: count/total images, N images/s, ETA ...' at most every `every` seconds.
+
+    The rate is measured from the first image, so worker start-up does not distort it.
+    """
 
     def __init__(self, name: str, total: int, every: float = 5.0):
         self.name, self.total, self.every = name, total, every
         self.start = self.last = time.perf_counter()
+        self.first: float | None = None
         self.count = 0
 
     def update(self, count: int) -> None:
         self.count = count
         now = time.perf_counter()
-        if now - self.last >= self.every:
+        if self.first is None:
+            self.first = now
+        if now - self.last >= self.every and count > 1:
             self.last = now
             _log.info("%s", self.line())
 
     def line(self) -> str:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = self.count / elapsed
-        eta = (self.total - self.count) / rate if rate > 0 else float("inf")
+        now = time.perf_counter()
+        rate = (self.count - 1) / (now - self.first) if self.first and now > self.first else 0.0
+        eta = f"{(self.total - self.count) / rate:.0f} s" if rate > 0 else "?"
         return (
-            f"{self.name}: {self.count}/{self.total} images, {rate:.0f} images/s, ETA {eta:.0f} s"
+            f"{self.name}: {self.count}/{self.total} images, {rate:.0f} images/s, ETA {eta} "
+            f"({now - self.start:.0f} s elapsed)"
         )
 
     def done(self) -> None:
