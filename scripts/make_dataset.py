@@ -8,7 +8,7 @@ then writes a contact sheet of 64 training samples as stored (grayscale, with la
 to the dataset and prints its path and the spec to read it with. No TensorFlow needed.
 See docs/data.md.
 
-Example (about 2 minutes on two cores):
+Example (about 2 minutes on two free cores):
   python scripts/make_dataset.py --num 100000 --num_validation 2000 --seed 0 --data_dir data
 """
 
