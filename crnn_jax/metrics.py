@@ -18,7 +18,8 @@ import numpy as np
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 
 # The order of the sums in a metrics vector (so they can be all-reduced as one array).
-FIELDS = ("n", "correct", "correct_ci", "edits", "ref_chars", "ned_sum", "confidence_sum")
+FIELDS = ("n", "correct", "correct_ci", "edits", "ref_chars", "ned_sum", "confidence_sum",
+          "empty")
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
@@ -52,6 +53,7 @@ def sums(truths: Sequence[str], preds: Sequence[str],
     out[3] += d
     out[4] += len(t)
     out[5] += 1.0 - d / max(len(t), len(p), 1)
+    out[7] += not p
   out[0] = len(truths)
   if confidences is not None:
     out[6] = float(np.sum(confidences))
@@ -68,4 +70,16 @@ def summarize(total: np.ndarray) -> dict:
       "cer": total[3] / max(total[4], 1),
       "ned": total[5] / n,
       "confidence": total[6] / n,
+      "empty_frac": total[7] / n,
   }
+
+
+def empty_hint(result: dict) -> str | None:
+  """Why most predictions may be empty, when they are; else None."""
+  if result.get("empty_frac", 0.0) < 0.5:
+    return None
+  return (f"{result['empty_frac']:.0%} of predictions are empty: the model still emits only "
+          f"the CTC blank. Early in training this is normal (CTC learns blanks first; text "
+          f"appears after a few hundred steps). If it persists, check that the labels match "
+          f"the images, that the learning rate is not too high (loss stuck or NaN), and that "
+          f"evaluation uses the charset the model was trained with.")

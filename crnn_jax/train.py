@@ -358,6 +358,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _log(f"eval at step {done}: word_acc {result['word_acc']:.4f}  "
              f"word_acc_ci {result['word_acc_ci']:.4f}  cer {result['cer']:.4f}  "
              f"loss {result['loss']:.4f}  (n={result['n']})")
+        hint = metrics.empty_hint(result)
+        if hint:
+          _log("note: " + hint)
         if writer:
           writer.scalars(done, {f"eval/{k}": v for k, v in result.items() if k != "n"})
           writer.samples(done, samples)
