@@ -230,6 +230,17 @@ def _ink_outline(mask: np.ndarray) -> np.ndarray:
     return np.stack([xs, ys], axis=1).astype(np.float64)
 
 
+@functools.lru_cache(maxsize=8)
+def _group_by_family(
+    faces: tuple[fonts.FontFace, ...],
+) -> tuple[tuple[fonts.FontFace, ...], ...]:
+    """Faces grouped by family, families sorted by name (cached: Renderers are cheap)."""
+    by_family: dict[str, list[fonts.FontFace]] = {}
+    for face in faces:
+        by_family.setdefault(face.family, []).append(face)
+    return tuple(tuple(v) for _, v in sorted(by_family.items()))
+
+
 # ---------------------------------------------------------------------------------------
 # The renderer.
 
@@ -353,10 +364,7 @@ class Renderer:
 
     def _font_families(self) -> tuple[tuple[fonts.FontFace, ...], ...]:
         if self._families is None:
-            by_family: dict[str, list[fonts.FontFace]] = {}
-            for face in self.faces():
-                by_family.setdefault(face.family, []).append(face)
-            self._families = tuple(tuple(v) for _, v in sorted(by_family.items()))
+            self._families = _group_by_family(self.faces())
         return self._families
 
     def _words(self) -> tuple[tuple[str, ...], tuple[float, ...]]:
