@@ -153,7 +153,9 @@ def open_source(spec: str, *, height: int = 32, charset: str | None = None) -> S
   """The source a spec string names.
 
   Args:
-    spec: ``synth:N[,seed=S][,difficulty=D]`` or ``tsv:PATH``.
+    spec: ``synth:N[,seed=S][,difficulty=D]``, ``tsv:PATH``, ``mjsynth:PATH[,split=S]``,
+      ``lmdb:PATH`` or ``tfds:NAME[/CONFIG][:SPLIT][,data_dir=DIR]`` (the last three in
+      ``crnn_jax.data.formats``).
     height: render height for synthetic data.
     charset: characters synthetic text may use (default: the renderer's).
 
@@ -163,7 +165,8 @@ def open_source(spec: str, *, height: int = 32, charset: str | None = None) -> S
   kind, sep, rest = spec.partition(":")
   if not sep:
     raise ValueError(
-        f"Dataset spec {spec!r} has no kind: use synth:N[,seed=S] or tsv:PATH.")
+        f"Dataset spec {spec!r} has no kind: use synth:N[,seed=S], tsv:PATH, mjsynth:PATH, "
+        f"lmdb:PATH or tfds:NAME[/CONFIG][:SPLIT].")
   if kind == "synth":
     head, opts = _parse_options(rest, spec)
     unknown = set(opts) - {"seed", "difficulty", "workers"}
@@ -184,4 +187,8 @@ def open_source(spec: str, *, height: int = 32, charset: str | None = None) -> S
                        num_workers=workers)
   if kind == "tsv":
     return TsvSource(os.path.expanduser(rest))
-  raise ValueError(f"Dataset spec {spec!r}: unknown kind {kind!r}; known kinds: synth, tsv.")
+  if kind in ("mjsynth", "lmdb", "tfds"):
+    from crnn_jax.data import formats  # imports TFDS / lmdb only for these kinds
+    return formats.open_spec(kind, rest, spec)
+  raise ValueError(f"Dataset spec {spec!r}: unknown kind {kind!r}; known kinds: synth, tsv, "
+                   f"mjsynth, lmdb, tfds.")
