@@ -1,0 +1,153 @@
+"""The streaming input path: header-only index, batches equal to the in-memory path's,
+resumption by step, grain worker processes, read-time failures replaced and counted."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crnn_jax.charset import Charset
+from crnn_jax.data import formats, pipeline, readers, streaming
+
+from test_formats import _word_image, write_lmdb
+
+BUCKETS = (64, 96, 128)
+BATCH = 8
+KW = dict(charset=Charset(), height=32, width_buckets=BUCKETS)
+
+
+@pytest.fixture(scope="module")
+def tfds_spec(tmp_path_factory):
+  from crnn_jax.data import synth_words
+  data_dir = tmp_path_factory.mktemp("tfds")
+  synth_words.SynthWords(num_train=120, num_validation=10, seed=5, difficulty=0.3,
+                         num_workers=0, data_dir=str(data_dir)).download_and_prepare()
+  return f"tfds:synth_words/n120_v10_s5_d30_h32:train,data_dir={data_dir}"
+
+
+def _both(source, seed=0, **kw):
+  """(in-memory TrainBatches, StreamingBatches) over the same source and settings."""
+  prep = pipeline.prepare(source, **KW)
+  prep = pipeline.merge_buckets_up(prep, pipeline.bucket_counts(prep), BATCH)
+  memory = pipeline.TrainBatches(prep, BATCH, seed, pipeline.bucket_counts(prep))
+  index = streaming.build_index(source, **KW)
+  index = index.merge_up(index.counts(), BATCH)
+  stream = streaming.StreamingBatches(source, index, BATCH, seed, index.counts(),
+                                      charset=KW["charset"], height=32, **kw)
+  return prep, memory, index, stream
+
+
+def _assert_batches_equal(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_index_agrees_with_prepare_and_batches_equal_the_in_memory_path(tfds_spec):
+  source = readers.open_source(tfds_spec)
+  prep, memory, index, stream = _both(source, seed=3)
+  assert index.report.usable == prep.report.usable and index.report.skipped == (
+      prep.report.skipped)
+  assert [len(m) for m in index.members] == [len(b) for b in prep.buckets]
+  assert index.widths == [b.width for b in prep.buckets]
+  assert stream.steps_per_epoch == memory.steps_per_epoch >= 10
+  steps = [0, 1, 7, stream.steps_per_epoch + 2, 3 * stream.steps_per_epoch - 1]
+  for step in reversed(steps):  # any access order
+    _assert_batches_equal(stream.batch(step), memory.batch(step))
+
+
+def test_resumed_stream_reads_what_an_uninterrupted_run_reads(tfds_spec):
+  source = readers.open_source(tfds_spec)
+  _, _, _, stream = _both(source, seed=1, num_threads=2)
+  n = stream.steps_per_epoch + 3  # across an epoch boundary
+  full = stream(0)
+  whole = [next(full) for _ in range(n)]
+  full.close()
+  resumed = stream(5)
+  for step in range(5, n):
+    _assert_batches_equal(next(resumed), whole[step])
+  resumed.close()
+  # An epoch visits each example at most once, and never mixes widths in a batch.
+  seen = []
+  for step in range(stream.steps_per_epoch):
+    _, _, indices = stream.rows(step)
+    seen.extend(indices.tolist())
+  assert len(seen) == len(set(seen)) == stream.steps_per_epoch * BATCH
+
+
+def test_worker_processes_give_the_same_batches(tfds_spec):
+  source = readers.open_source(tfds_spec)
+  _, memory, _, stream = _both(source, seed=2, num_workers=2, num_threads=1, prefetch=1)
+  it = stream(4)
+  for step in range(4, 8):
+    _assert_batches_equal(next(it), memory.batch(step))
+  it.close()
+
+
+def test_two_processes_index_disjoint_shards(tfds_spec):
+  source = readers.open_source(tfds_spec)
+  whole = streaming.build_index(source, **KW)
+  parts = [streaming.build_index(source, process_index=p, process_count=2, **KW)
+           for p in range(2)]
+  sets = [set(np.concatenate(p.members).tolist()) for p in parts]
+  assert sets[0] and sets[1] and not sets[0] & sets[1]
+  assert sets[0] | sets[1] == set(np.concatenate(whole.members).tolist())
+  assert sum(p.report.total for p in parts) == len(source)
+
+
+def test_bad_input_is_indexed_out_or_replaced_at_read_time(tmp_path):
+  words = [f"word{i}" for i in range(20)]
+  items = [(_word_image(w, "L", "PNG"), w) for w in words]
+  png = _word_image("trunc1", "L", "PNG")
+  items.append((png[:len(png) - 40], "trunc1"))           # header fine, pixels cut short
+  items.append((b"garbage", "garbage"))                   # header unreadable: indexed out
+  items.append((_word_image("x", "L", "PNG"), "naïve"))   # outside the charset
+  items.append((_word_image("y", "L", "PNG"), ""))        # empty label
+  write_lmdb(tmp_path / "db", items)
+  source = formats.LmdbSource(tmp_path / "db")
+  index = streaming.build_index(source, **KW)
+  assert index.report.total == 24 and index.report.usable == 21
+  assert index.report.skipped == {"corrupt_image": 1, "unknown_chars": 1, "empty_label": 1}
+  assert "#000000022" in index.report.describe()
+  index = index.merge_up(index.counts(), 4)
+  logged = []
+  stream = streaming.StreamingBatches(source, index, 4, 0, index.counts(),
+                                      charset=KW["charset"], height=32, log=logged.append)
+  labels, hits = [], 0
+  for step in range(3 * stream.steps_per_epoch):
+    batch = stream.batch(step)
+    assert batch["images"].shape[0] == 4 and (batch["widths"] > 0).all()
+    labels.append(batch["labels"])
+    hits += 20 in stream.rows(step)[2]  # source index of the truncated image
+  # Wherever the truncated image was planned, it was replaced, counted and logged by key.
+  assert hits >= 1 and stream.read_failures.skipped["corrupt_image"] >= hits
+  assert set(stream.read_failures.skipped) == {"corrupt_image"}
+  assert len(logged) >= hits and all("#000000021" in line for line in logged)
+  assert "trunc1" not in "".join(
+      KW["charset"].decode([int(i) for i in row if i]) for b in labels for row in b)
+
+
+def test_streaming_errors_and_empty_datasets(tmp_path):
+  write_lmdb(tmp_path / "db", [(b"junk", "abc")])
+  index = streaming.build_index(formats.LmdbSource(tmp_path / "db"), **KW)
+  with pytest.raises(ValueError, match=r"(?s)0 of 1 examples usable.*unreadable"):
+    pipeline.check_usable(index.report)
+  with pytest.raises(ValueError, match="cannot fill one batch"):
+    streaming.StreamingBatches(formats.LmdbSource(tmp_path / "db"), index, 4, 0,
+                               index.counts(), charset=KW["charset"], height=32)
+  with pytest.raises(ValueError, match="width_buckets"):
+    streaming.build_index(formats.LmdbSource(tmp_path / "db"), charset=Charset(), height=32,
+                          width_buckets=(30,))
+
+
+def test_target_width_follows_prepare():
+  # 50x25 -> 64 wide at height 32; a label needing 20 frames widens it to 84.
+  kw = dict(model_height=32, max_width=128, resize_mode="pad")
+  assert streaming.target_width(50, 25, need_frames=3, **kw) == 64
+  assert streaming.target_width(50, 25, need_frames=20, **kw) == 84
+  assert streaming.target_width(5000, 25, need_frames=3, **kw) == 128
+  image = Image.new("L", (50, 25), 255)
+  buf = io.BytesIO()
+  image.save(buf, "PNG")
+  assert formats.image_size(buf.getvalue(), "k") == (50, 25)
