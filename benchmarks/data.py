@@ -1,6 +1,9 @@
-"""Data benchmarks: python benchmarks/data.py [--images N] [--warmup N] [--workers K] [--no_trdg]
+"""Data benchmarks: python benchmarks/data.py [--section render|pipeline|all] [options]
 
-Prints one table. Renderer rows (crnn_jax.data.render, height 32, difficulty 1):
+Prints one table per section.
+
+Renderer section (--images N, --warmup N, --workers K, --no_trdg); rows (crnn_jax.data.render,
+height 32, difficulty 1):
   * render, 1 process, cold: the first --warmup images of a fresh renderer (glyph caches
     filling; fonts already checked).
   * render, 1 process, warm: the next --images images.
@@ -19,6 +22,16 @@ the cores to ourselves.
 
 Each benchmark is a function returning rows (name, images/s, images per CPU-second, note);
 add new ones to BENCHMARKS.
+
+Pipeline section (--pipeline_spec, --batch, --steps, --pipeline_workers): from a built TFDS
+dataset (default: synth_words with --pipeline_build images, built into --pipeline_dir when
+missing) into device arrays (`jax.device_put`, waited for), at --batch images per step:
+  * in-memory, prepare: read + decode + resize the whole split (start-up cost).
+  * in-memory, TrainBatches -> device: steady-state batches from memory.
+  * streaming, build_index: the header-only start-up pass.
+  * streaming, in-process (2 threads) -> device.
+  * streaming, K grain worker processes -> device (worker start-up included, and without).
+Target: 5,000 images/s into device arrays, so the input never starves a GPU-sized step.
 """
 
 import argparse
@@ -140,6 +153,116 @@ def bench_trdg(args: argparse.Namespace) -> list[Row]:
 
 BENCHMARKS = (bench_render_single, bench_render_workers, bench_trdg)
 
+PIPELINE_TARGET = 5000.0
+PipelineRow = tuple[str, float | None, float | None, int, str]  # + processes doing the work
+
+
+def _pipeline_spec(args: argparse.Namespace) -> str:
+    """The --pipeline_spec, or a synth_words dataset built (once) in --pipeline_dir."""
+    if args.pipeline_spec:
+        return args.pipeline_spec
+    from crnn_jax.data import synth_words
+
+    n = args.pipeline_build
+    builder = synth_words.SynthWords(
+        num_train=n, num_validation=100, seed=0, data_dir=args.pipeline_dir
+    )
+    if not builder.is_prepared():
+        print(f"  building synth_words ({n} images) in {args.pipeline_dir} ...", file=sys.stderr)
+        builder.download_and_prepare()
+    name = f"synth_words/{builder.builder_config.name}"
+    return f"tfds:{name}:train,data_dir={args.pipeline_dir}"
+
+
+def _to_device(batch: dict) -> None:
+    import jax
+
+    jax.block_until_ready(jax.device_put(batch))
+
+
+def bench_pipeline(args: argparse.Namespace) -> list[PipelineRow]:
+    """In-memory and streaming input paths, from a built TFDS dataset into device arrays."""
+    from crnn_jax.charset import Charset
+    from crnn_jax.data import pipeline, readers, streaming
+
+    spec = _pipeline_spec(args)
+    source = readers.open_source(spec)
+    kw = dict(charset=Charset(), height=32, width_buckets=(64, 128, 192, 256))
+    rows: list[PipelineRow] = []
+    children = resource.RUSAGE_CHILDREN
+
+    start, cpu = time.perf_counter(), _cpu()
+    prep = pipeline.prepare(source, **kw)
+    wall, cpu = time.perf_counter() - start, _cpu() - cpu
+    rows.append(
+        (f"in-memory, prepare ({len(source)} images)", len(source) / wall, len(source) / cpu, 1,
+         "start-up: read + decode + resize all")
+    )
+    counts = pipeline.bucket_counts(prep)
+    prep = pipeline.merge_buckets_up(prep, counts, args.batch)
+    batches = pipeline.TrainBatches(prep, args.batch, 0, pipeline.bucket_counts(prep))
+    _to_device(batches.batch(0))  # first transfer outside the timing
+    n = args.steps * args.batch
+    start, cpu = time.perf_counter(), _cpu()
+    for step in range(1, args.steps + 1):
+        _to_device(batches.batch(step))
+    wall, cpu = time.perf_counter() - start, _cpu() - cpu
+    rows.append((f"in-memory, TrainBatches -> device ({n} images)", n / wall, n / cpu, 1,
+                 f"batch {args.batch}"))
+
+    start, cpu = time.perf_counter(), _cpu()
+    index = streaming.build_index(source, **kw)
+    wall, cpu = time.perf_counter() - start, _cpu() - cpu
+    rows.append((f"streaming, build_index ({len(source)} images)", len(source) / wall,
+                 len(source) / cpu, 1, "start-up: labels + image headers"))
+    index = index.merge_up(index.counts(), args.batch)
+
+    def stream(workers: int, threads: int) -> streaming.StreamingBatches:
+        return streaming.StreamingBatches(
+            source, index, args.batch, 0, index.counts(), charset=kw["charset"], height=32,
+            num_workers=workers, num_threads=threads, prefetch=2)
+
+    it = stream(0, 2)(0)
+    _to_device(next(it))
+    start, cpu = time.perf_counter(), _cpu()
+    for _ in range(args.steps):
+        _to_device(next(it))
+    wall, cpu = time.perf_counter() - start, _cpu() - cpu
+    it.close()
+    rows.append((f"streaming, in-process, 2 threads -> device ({n} images)", n / wall, n / cpu,
+                 1, "decode + resize per batch"))
+
+    k = args.pipeline_workers
+    start, cpu = time.perf_counter(), _cpu() + _cpu(children)
+    it = stream(k, 1)(0)
+    _to_device(next(it))
+    first = time.perf_counter()
+    for _ in range(args.steps):
+        _to_device(next(it))
+    end = time.perf_counter()
+    it.close()
+    cpu = _cpu() + _cpu(children) - cpu  # workers have exited: their time is counted
+    rows.append((f"streaming, {k} worker processes -> device ({n} images)", n / (end - first),
+                 None, k + 1, "steady state, after the first batch"))
+    rows.append((f"streaming, {k} worker processes, incl. start-up", (n + args.batch) /
+                 (end - start), (n + args.batch) / cpu if cpu > 0 else None, k + 1,
+                 "CPU of parent + workers"))
+    return rows
+
+
+def print_pipeline_table(rows: list[PipelineRow]) -> None:
+    print(f"{'pipeline benchmark':58s} {'images/s':>8s} {'vs 5k/s':>8s} {'per CPU-s':>9s}"
+          f" {'procs':>5s}  note")
+    for name, rate, cpu_rate, processes, note in rows:
+        cells = [
+            f"{rate:8.0f}" if rate is not None else f"{'-':>8s}",
+            f"{rate / PIPELINE_TARGET:7.2f}x" if rate is not None else f"{'-':>8s}",
+            f"{cpu_rate:9.0f}" if cpu_rate is not None else f"{'-':>9s}",
+            f"{processes:5d}",
+        ]
+        print(f"{name:58s} {' '.join(cells)}  {note}")
+    print(f"target: {PIPELINE_TARGET:.0f} images/s into device arrays")
+
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -147,6 +270,17 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=5000, help="cold images before the warm run")
     p.add_argument("--workers", type=int, default=2, help="worker processes for render_range")
     p.add_argument("--no_trdg", action="store_true", help="skip the trdg comparison")
+    p.add_argument("--section", choices=("render", "pipeline", "all"), default="all")
+    p.add_argument("--pipeline_spec", default=None,
+                   help="tfds:... spec to read (default: build synth_words in --pipeline_dir)")
+    p.add_argument("--pipeline_dir", default="/tmp/crnn_jax_bench_tfds",
+                   help="TFDS data dir for the default dataset")
+    p.add_argument("--pipeline_build", type=int, default=10000,
+                   help="images in the default dataset")
+    p.add_argument("--batch", type=int, default=256, help="images per step (per host)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per pipeline row")
+    p.add_argument("--pipeline_workers", type=int, default=2,
+                   help="grain worker processes for the streaming row")
     args = p.parse_args(argv)
 
     print(
@@ -154,26 +288,32 @@ def main(argv=None) -> None:
         f"cores: {os.cpu_count()}",
         flush=True,
     )
-    rows: list[Row] = []
-    for bench in BENCHMARKS:
-        rows.extend(bench(args))
-        print(f"  ran {bench.__name__}", file=sys.stderr, flush=True)
+    if args.section in ("render", "all"):
+        rows: list[Row] = []
+        for bench in BENCHMARKS:
+            rows.extend(bench(args))
+            print(f"  ran {bench.__name__}", file=sys.stderr, flush=True)
 
-    header = (
-        f"{'benchmark':52s} {'images/s':>8s} {'vs target':>9s} {'per CPU-s':>9s} {'if idle':>8s}"
-    )
-    print(header + "  note")
-    for name, rate, cpu_rate, note in rows:
-        processes = args.workers if "workers" in name else 1
-        target = TARGET_PER_PROCESS * processes
-        cells = [
-            f"{rate:8.0f}" if rate is not None else f"{'-':>8s}",
-            f"{rate / target:8.2f}x" if rate is not None else f"{'-':>9s}",
-            f"{cpu_rate:9.0f}" if cpu_rate is not None else f"{'-':>9s}",
-            f"{cpu_rate * processes:8.0f}" if cpu_rate is not None else f"{'-':>8s}",
-        ]
-        print(f"{name:52s} {' '.join(cells)}  {note}")
-    print(f"target: {TARGET_PER_PROCESS:.0f} images/s per process")
+        header = (
+            f"{'benchmark':52s} {'images/s':>8s} {'vs target':>9s} {'per CPU-s':>9s} "
+            f"{'if idle':>8s}"
+        )
+        print(header + "  note")
+        for name, rate, cpu_rate, note in rows:
+            processes = args.workers if "workers" in name else 1
+            target = TARGET_PER_PROCESS * processes
+            cells = [
+                f"{rate:8.0f}" if rate is not None else f"{'-':>8s}",
+                f"{rate / target:8.2f}x" if rate is not None else f"{'-':>9s}",
+                f"{cpu_rate:9.0f}" if cpu_rate is not None else f"{'-':>9s}",
+                f"{cpu_rate * processes:8.0f}" if cpu_rate is not None else f"{'-':>8s}",
+            ]
+            print(f"{name:52s} {' '.join(cells)}  {note}")
+        print(f"target: {TARGET_PER_PROCESS:.0f} images/s per process")
+    if args.section in ("pipeline", "all"):
+        rows = bench_pipeline(args)
+        print(f"  ran {bench_pipeline.__name__}", file=sys.stderr, flush=True)
+        print_pipeline_table(rows)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -266,3 +266,52 @@ def test_image_header_sizes_match_decoding():
     formats.image_size(b"", "k")
   with pytest.raises(readers.BadExample, match="unreadable"):
     formats.decode_image(_word_image("cut")[:100], "k")
+
+
+# ----------------------------------------------------------------------------
+# TFDS builders for the formats above.
+
+
+def test_mjsynth_builder_skips_and_records_bad_files(mjsynth_tree, tmp_path):
+  from crnn_jax.data import tfds_builders
+  top, _ = mjsynth_tree
+  builder = tfds_builders.build_mjsynth(str(top), data_dir=str(tmp_path), num_threads=2)
+  assert set(builder.info.splits.keys()) == {"train", "validation"}
+  skipped = builder.info.metadata["skipped"]["train"]
+  assert skipped == {"corrupt_image": 2, "missing_file": 1, "malformed_name": 1}
+  assert any("192_whittier_86389" in m
+             for m in builder.info.metadata["skipped_examples"]["train"]["corrupt_image"])
+  source = readers.open_source(f"tfds:mjsynth:train,data_dir={tmp_path}")
+  assert len(source) == 8  # the charset and length checks happen at training time
+  labels = sorted(source.read(i)[1] for i in range(len(source)))
+  assert labels == sorted([formats.mjsynth_label(p) for p in MJ_GOOD]
+                          + ["dash-word", "ab" * 20])
+  assert readers.open_source(f"tfds:mjsynth:validation,data_dir={tmp_path}").read(0)[1] == "val"
+
+
+def test_lmdb_and_text_folder_builders(lmdb_path, tmp_path):
+  from crnn_jax.data import tfds_builders
+  builder = tfds_builders.LmdbWords(train=str(lmdb_path), config_name="tiny",
+                                    data_dir=str(tmp_path), num_threads=2)
+  builder.download_and_prepare()
+  assert builder.info.metadata["skipped"]["train"] == {"corrupt_image": 1, "missing_file": 1}
+  source = readers.open_source(f"tfds:lmdb_words/tiny:train,data_dir={tmp_path}")
+  assert sorted(source.read(i)[1] for i in range(len(source))) == sorted(LMDB_WORDS + ["café"])
+
+  folder = tmp_path / "mine"
+  folder.mkdir()
+  Image.new("RGBA", (40, 20), (0, 0, 0, 0)).save(folder / "clear.png")  # stored as RGB PNG
+  Image.new("P", (30, 20), 3).save(folder / "palette.gif")
+  (folder / "bad.jpg").write_bytes(b"\xff\xd8 nope")
+  (folder / "labels.tsv").write_text("clear.png\tclear\npalette.gif\tgif\nbad.jpg\tbad\n"
+                                     "no tab here\nclear.png\t\n")
+  builder = tfds_builders.TextFolder(folder=str(folder), data_dir=str(tmp_path), num_threads=1)
+  assert builder.builder_config.name == "mine"
+  builder.download_and_prepare()
+  assert builder.info.metadata["skipped"]["train"] == {
+      "corrupt_image": 1, "malformed_line": 1, "empty_label": 1}
+  records = builder.as_data_source("train")
+  assert sorted(r["label"] for r in records) == [b"clear", b"gif"]
+  images = {r["label"]: r["image"] for r in records}
+  assert images[b"clear"].shape == (20, 40, 3) and images[b"clear"].min() == 255  # white
+  assert images[b"gif"].shape == (20, 30, 3)
