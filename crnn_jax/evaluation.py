@@ -138,7 +138,9 @@ def evaluate(recognizer: Recognizer, spec: str, **kwargs) -> DatasetResult:
   source = readers.open_source(spec, height=recognizer.height,
                                charset=recognizer.charset.chars if spec.startswith("synth:")
                                else None)
-  return evaluate_source(recognizer, source, **kwargs)
+  result = evaluate_source(recognizer, source, **kwargs)
+  result.spec = spec  # as the caller wrote it (the source may spell it out)
+  return result
 
 
 def format_table(results: Sequence[DatasetResult]) -> str:

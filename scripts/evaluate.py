@@ -9,6 +9,7 @@ are listed. See docs/inference.md.
 import argparse
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,11 +42,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def errors_path(path: str, spec: str, several: bool) -> str:
+  """``path``, or with several datasets ``path`` suffixed with the dataset's name."""
   if not several:
     return path
   root, ext = os.path.splitext(path)
-  name = os.path.basename(os.path.normpath(spec.partition(":")[2])) or "data"
-  return f"{root}_{name}{ext or '.png'}"
+  kind, _, rest = spec.partition(":")
+  name = os.path.basename(os.path.normpath(rest)) if kind == "tsv" else spec
+  return f"{root}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_') or 'data'}{ext or '.png'}"
 
 
 def main(argv=None) -> int:
