@@ -162,6 +162,20 @@ def random_logits(rng, batch, frames, classes, peaked_fraction=0.5):
     return logits.astype(np.float32)
 
 
+def held_logits(rng, batch, frames, classes):
+    """CTC-like logits: labels held for 1-3 frames with a close runner-up, plus noise.
+
+    Consecutive frames then favour the same labels, so the beams' last labels are often
+    among a frame's likeliest: the case that pruning labels has to get right.
+    """
+    held = np.repeat(rng.integers(0, classes, size=(batch, frames)), 3, axis=1)
+    starts = rng.integers(0, 3, size=batch)
+    labels = np.stack([held[b, starts[b] : starts[b] + frames] for b in range(batch)])
+    runner_up = rng.integers(0, classes, size=(batch, frames))
+    logits = 3.0 * np.eye(classes)[labels] + 2.5 * np.eye(classes)[runner_up]
+    return (logits + rng.normal(size=logits.shape)).astype(np.float32)
+
+
 def trailing_paddings(rng, batch, frames):
     lengths = rng.integers(0, frames + 1, size=batch)
     return (np.arange(frames)[None, :] >= lengths[:, None]).astype(np.float32)
@@ -237,18 +251,29 @@ def assert_matches_reference(result, log_probs, paddings, **kwargs):
     assert skipped <= 0.01 * log_probs.shape[0]
 
 
-# With K > beam_size + 3 the search only tries each frame's likeliest labels; both paths.
-@pytest.mark.parametrize("batch, classes, beam_size", [(3000, 5, 4), (1000, 12, 3)])
-def test_beam_search_matches_reference_on_random_inputs(batch, classes, beam_size):
-    rng = np.random.default_rng(classes)
+# With K > beam_size + 2 the search only tries each frame's likeliest labels, fewer for
+# lower-ranked beams; "held" inputs stress that pruning. Both paths are checked.
+@pytest.mark.parametrize(
+    "batch, classes, beam_size, held, max_length",
+    [
+        (3000, 5, 4, False, None),
+        (1000, 12, 3, False, None),
+        (1000, 12, 6, True, None),
+        (500, 12, 3, False, 3),
+    ],
+)
+def test_beam_search_matches_reference_on_random_inputs(
+    batch, classes, beam_size, held, max_length
+):
+    rng = np.random.default_rng(classes + beam_size)
     frames = 8
-    logits = random_logits(rng, batch, frames, classes)
+    make = held_logits if held else random_logits
+    logits = make(rng, batch, frames, classes)
     paddings = trailing_paddings(rng, batch, frames)
     logits = np.where(paddings[..., None] > 0, 30.0 * logits, logits)  # garbage when padded
-    result = decode.prefix_beam_search(logits, paddings, beam_size=beam_size, top_k=3)
-    assert_matches_reference(
-        result, log_softmax(logits), paddings, beam_size=beam_size, top_k=3
-    )
+    kwargs = dict(beam_size=beam_size, top_k=3, max_length=max_length)
+    result = decode.prefix_beam_search(logits, paddings, **kwargs)
+    assert_matches_reference(result, log_softmax(logits), paddings, **kwargs)
 
 
 def test_beam_search_with_lm_and_max_length_matches_reference():
