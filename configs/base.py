@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.case_fold = False
 
   config.data = ml_collections.ConfigDict()
-  # Training data spec: synth:N[,seed=S], tsv:PATH (see crnn_jax/data/readers.py).
+  # Training data spec: synth:N[,seed=S], tsv:PATH, tfds:NAME[/CONFIG][:SPLIT], mjsynth:PATH,
+  # lmdb:PATH (see crnn_jax/data/readers.py and docs/data.md).
   config.data.train = "synth:135000,seed=0"
   # Validation data spec; evaluated in full (the last batch is padded, not dropped).
   config.data.eval = "synth:15000,seed=1"
@@ -45,6 +46,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.resize_mode = "pad"
   # Labels with characters outside the charset: 'skip' (counted, reported) or 'error'.
   config.data.unknown_chars = "skip"
+  # Read training images per batch instead of into memory (sets larger than RAM, e.g.
+  # MJSynth): one pass over labels and image headers, then reads in worker processes.
+  config.data.streaming = False
+  # Worker processes preparing training batches ahead of the step when data.streaming is on.
+  config.data.num_workers = 2
 
   config.optim = ml_collections.ConfigDict()
   # adam (seed), adamw or rmsprop.

@@ -183,6 +183,20 @@ def _load(spec: str, config, charset, *, what: str) -> pipeline.Prepared:
   return prep
 
 
+def _in_memory_batches(config, charset) -> pipeline.TrainBatches:
+  """Reads this process's share of data.train into memory and batches it by width."""
+  prep = _load(config.data.train, config, charset, what="train")
+  per_host = config.train.batch_size // jax.process_count()
+  counts = sharding.allgather(pipeline.bucket_counts(prep)).min(axis=0)
+  prep = pipeline.merge_buckets_up(prep, counts, per_host)
+  batches = pipeline.TrainBatches(prep, per_host, config.train.seed,
+                                  sharding.allgather(pipeline.bucket_counts(prep)).min(axis=0))
+  _log(f"train buckets (width: examples): "
+       + ", ".join(f"{b.width}: {len(b)}" for b in prep.buckets)
+       + f"; {batches.steps_per_epoch} steps per epoch")
+  return batches
+
+
 def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
   """Checks derived constraints once, raising ValueError that says what to change."""
   sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
@@ -281,17 +295,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} over "
        f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank")
 
-  train_prep = _load(config.data.train, config, charset, what="train")
+  if config.data.streaming:
+    from crnn_jax.data import streaming
+    batches = streaming.train_batches(config, charset, log=_log)
+  else:
+    batches = _in_memory_batches(config, charset)
   eval_prep = _load(config.data.eval, config, charset, what="eval")
-  per_host = config.train.batch_size // jax.process_count()
-  counts = sharding.allgather(pipeline.bucket_counts(train_prep)).min(axis=0)
-  train_prep = pipeline.merge_buckets_up(train_prep, counts, per_host)
-  batches = pipeline.TrainBatches(
-      train_prep, per_host, config.train.seed,
-      sharding.allgather(pipeline.bucket_counts(train_prep)).min(axis=0))
-  _log(f"train buckets (width: examples): "
-       + ", ".join(f"{b.width}: {len(b)}" for b in train_prep.buckets)
-       + f"; {batches.steps_per_epoch} steps per epoch")
 
   rng = jax.random.key(config.train.seed)
   init_rng, step_rng = jax.random.split(rng)
@@ -332,8 +341,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with _StopRequested() as stop:
     t_log, n_log = time.time(), 0
     t_start = time.time()
+    train_iter = batches(start)  # streaming: worker processes start reading ahead here
     for step in range(start, num_steps):
-      host_batch = batches.batch(step)
+      host_batch = next(train_iter)
       state, m = p_train(state, sharding.to_global(host_batch, mesh), step_rng)
       n_log += config.train.batch_size
       done = step + 1
@@ -369,6 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if done % config.checkpoint.every_steps == 0 or last or stop.signum is not None:
         ckpts.save(done, state, meta, force=True)
       if stop.signum is not None:
+        train_iter.close()
         ckpts.wait()
         _log(f"Stopped at step {done}; checkpoint saved in {workdir}. Run the same command "
              f"to resume.")
@@ -377,6 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if start >= num_steps:
         _log(f"Nothing to do: the checkpoint in {workdir} is at step {start} >= "
              f"train.num_steps={num_steps}.")
+  train_iter.close()
   ckpts.wait()
   ckpts.close()
   if jax.process_count() > 1:

@@ -32,6 +32,8 @@ REASONS = {
     "empty_label": "empty labels",
     "unknown_chars": "labels with characters outside the charset",
     "label_too_long": "labels too long for the widest bucket",
+    "malformed_name": "file names without a word (INDEX_WORD_LEXICON.jpg)",
+    "bad_label": "labels that are not UTF-8 text",
 }
 
 

@@ -10,6 +10,8 @@ Spec strings:
 
 - ``synth:N[,seed=S][,difficulty=D]``: N words rendered by ``crnn_jax.data.render``.
 - ``tsv:PATH``: a folder with ``labels.tsv`` (``relative/path<TAB>label`` per line).
+- ``tfds:NAME[/CONFIG][:SPLIT][,data_dir=DIR]``, ``mjsynth:PATH[,split=...]``,
+  ``lmdb:PATH``: see ``crnn_jax.data.formats``.
 """
 
 from __future__ import annotations
