@@ -207,7 +207,7 @@ def greedy_decode(
 
 # The search state keeps the batch as the last axis, `(W, B)` rather than `(B, W)`: every
 # per-beam and per-candidate operation is then a vector operation across the batch, which
-# on CPU is about ten times faster than many tiny per-example rows.
+# suits CPUs better than many tiny per-example rows.
 
 
 class _Beams(NamedTuple):
@@ -264,8 +264,14 @@ def _initial_beams(beam_size: int, batch: int, lm_start: int) -> _Beams:
 
 
 def _take(values: jax.Array, index: jax.Array) -> jax.Array:
-    """`values[index[n, b], b]` for `values (N, B)` and `index (N', B)`: per-example lookup."""
-    return jnp.take_along_axis(values, index, axis=0, mode="clip")
+    """`values[..., index[n, b], b]` for `values (..., N, B)`, `index (N', B)`.
+
+    A per-example lookup, written as one flat gather (cheaper on CPU than
+    `take_along_axis`); leading axes of `values` share the index.
+    """
+    *lead, size, batch = values.shape
+    flat = jnp.clip(index, 0, size - 1) * batch + jnp.arange(batch)
+    return values.reshape(*lead, size * batch)[..., flat]
 
 
 class _Columns(NamedTuple):
@@ -433,17 +439,14 @@ def _beam_step(
     grows = jnp.asarray(grid.column)[best] != grid.stay_column
     appended = jnp.where(grows, _take(label, best), -1)
 
-    src_hash = jnp.stack([_take(beams.hash[0], src), _take(beams.hash[1], src)])
-    src_parent_hash = jnp.stack(
-        [_take(beams.parent_hash[0], src), _take(beams.parent_hash[1], src)]
-    )
+    src_hash = _take(beams.hash, src)
     new = _Beams(
         length=_take(beams.length, src) + grows,
         last=jnp.where(grows, appended, _take(beams.last, src)),
         log_pb=jnp.where(grows, _NEG_INF, _take(stay_pb, src)),
         log_pnb=jnp.where(grows, _take(grow_pnb, best), _take(stay_pnb, src)),
         hash=jnp.where(grows, _extend_hash(src_hash, appended), src_hash),
-        parent_hash=jnp.where(grows, src_hash, src_parent_hash),
+        parent_hash=jnp.where(grows, src_hash, _take(beams.parent_hash, src)),
         lm_state=beams.lm_state,
         lm_score=beams.lm_score,
         node=beams.node,
@@ -561,7 +564,7 @@ def _beam_search(
 
     rank = jnp.logaddexp(beams.log_pb, beams.log_pnb) + beta * beams.length  # (W, B)
     if lm is not None:
-        end = _take(lm.log_probs[:, blank_id][:, None] * jnp.ones((1, batch)), beams.lm_state)
+        end = lm.log_probs[beams.lm_state, blank_id]  # the end of the sentence
         rank += alpha * (beams.lm_score + end)
     if trie is not None:
         rank = jnp.where(trie.is_word[beams.node], rank, _NEG_INF)
