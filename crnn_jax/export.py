@@ -36,18 +36,23 @@ MODEL_FILE = "model.jax_exported"
 META_FILE = "meta.json"
 
 
-def export_recognizer(recognizer: Recognizer, *,
-                      platforms: Sequence[str] | None = None) -> jax.export.Exported:
+def export_recognizer(recognizer: Recognizer, *, platforms: Sequence[str] | None = None,
+                      conv_impl: str | None = None) -> jax.export.Exported:
   """Exports ``recognizer``'s model and greedy decoding with symbolic batch and width.
 
   Args:
     recognizer: the model to export (its decode setting does not matter).
     platforms: e.g. ``('cpu', 'cuda')``; default the current backend.
+    conv_impl: the convolution implementation traced into the artefact (see
+      ``crnn_jax.conv``); default the checkpoint's. ``'auto'`` picks by the exporting
+      machine's backend, so export for an accelerator from a CPU with ``'xla'``.
 
   Returns:
     the ``jax.export.Exported``; ``.call(images, widths)`` runs it.
   """
   model, variables = recognizer.model, recognizer.variables
+  if conv_impl is not None:
+    model = model.clone(conv_impl=conv_impl)  # same parameters, another kernel
 
   def infer(images, widths):
     x = images.astype(jnp.float32)[..., None] / 255.0  # as in training
@@ -63,7 +68,8 @@ def export_recognizer(recognizer: Recognizer, *,
   return jax.export.export(jax.jit(infer), platforms=platforms)(images, widths)
 
 
-def export_meta(recognizer: Recognizer, exported: jax.export.Exported) -> dict:
+def export_meta(recognizer: Recognizer, exported: jax.export.Exported,
+                conv_impl: str | None = None) -> dict:
   """What a loader needs besides the function: preprocessing, charset, the contract."""
   meta = {
       "format": FORMAT,
@@ -76,6 +82,7 @@ def export_meta(recognizer: Recognizer, exported: jax.export.Exported) -> dict:
       "min_width": preprocess.MIN_WIDTH,
       "resize_mode": recognizer.resize_mode,
       "platforms": list(exported.platforms),
+      "conv_impl": conv_impl or recognizer.model.conv_impl,
       "inputs": {"images": "(b, height, W) uint8, W a multiple of width_multiple, "
                            "grayscale 0-255, zero-padded on the right",
                  "widths": "(b,) int32 valid width of each image"},
@@ -120,11 +127,11 @@ def load(directory: str) -> tuple[jax.export.Exported, dict]:
   return exported, meta
 
 
-def export_checkpoint(path: str, directory: str, *,
-                      platforms: Sequence[str] | None = None) -> dict:
+def export_checkpoint(path: str, directory: str, *, platforms: Sequence[str] | None = None,
+                      conv_impl: str | None = None) -> dict:
   """Exports the checkpoint at ``path`` into ``directory``; returns the meta written."""
   recognizer = Recognizer.from_checkpoint(path)
-  exported = export_recognizer(recognizer, platforms=platforms)
-  meta = export_meta(recognizer, exported)
+  exported = export_recognizer(recognizer, platforms=platforms, conv_impl=conv_impl)
+  meta = export_meta(recognizer, exported, conv_impl)
   save(directory, exported, meta)
   return meta

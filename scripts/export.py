@@ -22,6 +22,9 @@ def main(argv=None) -> int:
   p.add_argument("--output", required=True, help="folder to write the export into")
   p.add_argument("--platforms", default=None,
                  help="comma-separated, e.g. cpu,cuda (default: this machine's backend)")
+  p.add_argument("--conv-impl", default=None,
+                 help="convolution traced into the artefact (auto, xla, im2col, winograd); "
+                 "default the checkpoint's. Use xla when exporting for a GPU from a CPU")
   args = p.parse_args(argv)
   from absl import logging
   logging.set_verbosity(logging.ERROR)  # Orbax reports read-only managers at WARNING
@@ -30,7 +33,7 @@ def main(argv=None) -> int:
 
   platforms = args.platforms.split(",") if args.platforms else None
   meta = export.export_checkpoint(args.workdir or args.checkpoint, args.output,
-                                  platforms=platforms)
+                                  platforms=platforms, conv_impl=args.conv_impl)
   size = os.path.getsize(os.path.join(args.output, export.MODEL_FILE))
   print(f"Exported {meta['checkpoint']['path']} (step {meta['checkpoint']['step']}) to "
         f"{args.output}: {export.MODEL_FILE} ({size / 1e6:.1f} MB, platforms "
