@@ -256,7 +256,7 @@ def assert_matches_reference(result, log_probs, paddings, **kwargs):
 @pytest.mark.parametrize(
     "batch, classes, beam_size, held, max_length",
     [
-        (3000, 5, 4, False, None),
+        (2000, 5, 4, False, None),
         (1000, 12, 3, False, None),
         (1000, 12, 6, True, None),
         (500, 12, 3, False, 3),
