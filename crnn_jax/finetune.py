@@ -93,6 +93,7 @@ def init_from(state, path: str, charset: charset_lib.Charset, *,
     log(f"init_from: same charset ({len(charset)} characters): output layer "
         f"'{OUTPUT_LAYER}' kept.")
   else:
+    kernel = OUTPUT_LAYER + "/kernel"
     added = "".join(c for c in charset.chars if c not in loaded.charset.chars)
     dropped = "".join(c for c in loaded.charset.chars if c not in charset.chars)
     log(f"init_from: charset differs (checkpoint {len(loaded.charset)} characters "
@@ -100,7 +101,7 @@ def init_from(state, path: str, charset: charset_lib.Charset, *,
         + (f"; new: {_short(added)}" if added else "")
         + (f"; dropped: {_short(dropped)}" if dropped else "")
         + f"): output layer '{OUTPUT_LAYER}' re-initialised "
-        f"({saved_head.get(OUTPUT_LAYER + '/kernel')} -> {new_head.get(OUTPUT_LAYER + '/kernel')}).")
+        f"({saved_head.get(kernel)} -> {new_head.get(kernel)}).")
   if loaded.charset.case_fold != charset.case_fold:
     log(f"init_from: note: case_fold was {loaded.charset.case_fold} in the checkpoint, "
         f"{charset.case_fold} now.")

@@ -65,7 +65,7 @@ class Loaded:
 
 
 def model_from_meta(meta: dict) -> tuple[models.CRNN, charset_lib.Charset]:
-  """The model and charset a checkpoint's metadata describes (as ``train.make_model`` builds them)."""
+  """The model and charset a checkpoint's metadata describes, built as training builds them."""
   from crnn_jax import train  # the one place that maps a model config to a CRNN
   charset = charset_lib.Charset(meta["charset"], case_fold=bool(meta.get("case_fold", False)))
   config = ml_collections.ConfigDict({"model": meta["model"]})
