@@ -4,9 +4,9 @@ This module owns turning CTC outputs into label sequences. It follows the conven
 `optax.ctc_loss`: `logits` is a `(B, T, K)` float array of unnormalised scores (any float
 dtype; everything is computed in float32 after a `log_softmax`), `logit_paddings` is
 `(B, T)` with 1.0 marking a padded frame, and `blank_id` names the blank class. A padded
-frame is skipped: nothing in it can change a result. Every decoder uses `lax.scan` over
-time with static shapes, so it runs under `jit` and `vmap`, on sharded batches and on any
-backend. The host-side builders (`build_trie`, `build_char_ngram`) turn word lists into
+frame is skipped: nothing in it can change a result. The decoders are vectorised ops and
+`lax.scan` over time with static shapes, so they run under `jit` and `vmap`, on sharded
+batches and on any backend. The host-side builders (`build_trie`, `build_char_ngram`) turn word lists into
 device arrays, and `to_strings` turns results back into text. It imports only jax and
 numpy so other projects can use it without the rest of crnn_jax.
 
@@ -288,13 +288,8 @@ class _Columns(NamedTuple):
 def _frame_columns(log_probs: jax.Array, beam_size: int, blank_id: int, prune: bool) -> _Columns:
     """The candidate columns of every frame: `log_probs (T, K, B)` -> `(T, ., B)` arrays.
 
-    With `prune`, only the `W + 1` likeliest non-blank labels are kept. Growing beam i by
-    any other label c gives less than growing it by each of the `W` listed labels other
-    than its last one: the label probability is lower, and the base is `P(prefix)` for them
-    but at most that for c (only `P_blank(prefix)` if c repeats the last label). These `W`
-    candidates are distinct prefixes, and merging only raises their scores, so c is never
-    kept. This needs the rank of a candidate to depend on its label through the label's
-    probability alone: no LM and no trie.
+    With `prune`, only the `W + 1` likeliest non-blank labels are kept, best first: no
+    other label could ever be kept (see `_grid`).
     """
     frames, num_classes, batch = log_probs.shape
     labels = jnp.arange(num_classes, dtype=jnp.int32)[None, :, None]
@@ -329,15 +324,18 @@ class _Grid(NamedTuple):
 def _grid(beam_size: int, num_columns: int, stay_column: int, ragged: bool) -> _Grid:
     """The candidate slots: every column for every beam, or fewer for lower beams.
 
-    `ragged` relies on the beams being sorted by rank and on the columns after "stay"
-    being the frame's likeliest labels, best first (see `_frame_columns`). Beam r then
-    only needs its `m = ceil(W / (r + 1)) + 1` likeliest labels: growing it by a less
-    likely label c ranks below every candidate that grows one of the beams 0..r by one of
-    those m labels other than that beam's last label. Each such candidate has a base at
-    least as high (a higher-ranked beam, and `P(prefix)` rather than at most that) and a
-    likelier label; there are `(r + 1)(m - 1) >= W` of them, all distinct prefixes, and
-    merging only raises their scores. So c could never be kept. This needs every beam to
-    be able to grow (`max_length >= T`), and no LM or trie.
+    Why the pruned columns lose nothing: the beams are sorted by rank and the columns
+    after "stay" are the frame's likeliest labels, best first. Beam r needs only its
+    `m = ceil(W / (r + 1)) + 1` likeliest labels: growing it by a less likely label c ranks
+    below every candidate that grows one of the beams 0..r by one of those m labels other
+    than that beam's last label. Each such candidate has a base at least as high (a
+    beam ranked as high or higher, and `P(prefix)` where c has at most that, only
+    `P_blank(prefix)` if c repeats the last label) and a likelier label; there are
+    `(r + 1)(m - 1) >= W` of them, all distinct prefixes, and merging only raises their
+    scores. So c could never be kept. With m = W + 1 for every beam (not `ragged`) the
+    argument needs only beam r itself; `ragged` also needs every beam to be able to grow
+    (`max_length >= T`). Both need a rank that depends on the label only through its
+    probability: no LM and no trie.
     """
     if ragged:
         widths = [min(num_columns, -(-beam_size // (r + 1)) + 2) for r in range(beam_size)]
@@ -600,6 +598,12 @@ def prefix_beam_search(
     is therefore the log of its probability summed over all alignments that the beam kept;
     with a beam wide enough to keep every prefix it is exact.
 
+    The result is that of this textbook search; two shortcuts only save work. Without an
+    LM, labels that provably cannot enter the beam are not tried (each frame's likeliest
+    `beam_size + 1` labels suffice, fewer for lower-ranked beams). Identical prefixes are
+    found by a 64-bit hash with the length, so a wrong merge needs a 2**-64 coincidence.
+    Cost per frame: O(B * (beam_size**2 + K)) without an LM, O(B * beam_size * K) with one.
+
     With an n-gram `lm` (shallow fusion), candidates are ranked by
     `log P_ctc + alpha * log P_lm + beta * length`, and the final ranking includes the
     LM's end-of-sentence probability. `beta` applies with or without an LM.
@@ -610,8 +614,9 @@ def prefix_beam_search(
       beam_size: number of prefixes kept after each frame.
       top_k: number of hypotheses returned per example, at most `beam_size`.
       blank_id: the blank class.
-      max_length: the longest prefix kept (the length of the token buffers); `None` means
-        `T`, which can never be exceeded.
+      max_length: the longest prefix kept, and the length of the returned `tokens`;
+        `None` means `T`, which can never be exceeded. A smaller value drops longer
+        prefixes and tries all labels for every beam.
       lm: an optional `CharNgramLM` over the same `K` labels.
       alpha: LM weight.
       beta: score added per emitted label.
