@@ -15,7 +15,7 @@ and "real-looking" (peaked: a random label sequence aligned over the frames with
 plus noise and frequent near-miss labels). Where pyctcdecode's top-1 differs from ours,
 it is rerun with its pruning switched off to see whether pruning caused the difference.
 
-Run from the repository root (takes a few minutes on 2 cores):
+Run from the repository root (about a minute on 2 cores):
 
     .venv/bin/python benchmarks/decode.py
 
