@@ -9,8 +9,8 @@ TINY = dict(conv_features=(4, 8, 8, 8, 8, 8, 8), lstm_hidden=8, lstm_layers=2)
 
 
 def _init(model, width=64, batch=2):
-  return model.init(jax.random.key(0), jnp.zeros((batch, model.height, width, 1)),
-                    jnp.full((batch,), width))
+  return jax.jit(model.init)(jax.random.key(0), jnp.zeros((batch, model.height, width, 1)),
+                             jnp.full((batch,), width))
 
 
 def test_seed_model_parameter_count_is_exact():
@@ -21,20 +21,25 @@ def test_seed_model_parameter_count_is_exact():
   assert "6,617,663" in models.param_summary(shapes)
 
 
-@pytest.mark.parametrize("width,frames", [(128, 31), (256, 63), (64, 15), (32, 7), (100, 24)])
-def test_frames_grow_with_width(width, frames):
+@pytest.fixture(scope="module")
+def tiny():
   model = models.CRNN(num_classes=11, **TINY)
-  variables = _init(model, 64)
+  return model, _init(model, 64)
+
+
+@pytest.mark.parametrize("width,frames", [(128, 31), (256, 63), (64, 15), (32, 7), (100, 24)])
+def test_frames_grow_with_width(tiny, width, frames):
+  model, variables = tiny
   padded = -(-width // 4) * 4
-  logits, pads = model.apply(variables, jnp.zeros((1, 32, padded, 1)), jnp.array([width]))
+  logits, pads = jax.jit(model.apply)(variables, jnp.zeros((1, 32, padded, 1)),
+                                      jnp.array([width]))
   assert logits.shape == (1, padded // 4 - 1, 11)
   assert int((pads < 0.5).sum()) == frames == int(models.num_frames(width))
   assert models.num_frames(models.min_width_for_frames(frames)) >= frames
 
 
-def test_wrong_height_is_a_clear_error():
-  model = models.CRNN(num_classes=11, **TINY)
-  variables = _init(model)
+def test_wrong_height_is_a_clear_error(tiny):
+  model, variables = tiny
   with pytest.raises(ValueError, match="height 48.*built for height 32"):
     model.apply(variables, jnp.zeros((1, 48, 64, 1)), jnp.array([64]))
 
@@ -73,9 +78,8 @@ def test_padded_columns_cannot_change_valid_outputs(train):
   np.testing.assert_array_equal(pa, pc[:, :pa.shape[1]])
 
 
-def test_forward_under_jit_and_dtypes():
-  model = models.CRNN(num_classes=11, **TINY)
-  variables = _init(model)
+def test_forward_under_jit_and_dtypes(tiny):
+  model, variables = tiny
   f = jax.jit(lambda v, x, w: model.apply(v, x, w))
   logits, pads = f(variables, jnp.zeros((2, 32, 64)), jnp.array([64, 20]))
   assert logits.dtype == jnp.float32 and pads.dtype == jnp.float32
