@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
