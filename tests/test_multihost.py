@@ -69,7 +69,7 @@ def _launch(workdir, extra, port, heartbeat=30):
   return procs
 
 
-def _run_both(workdir, extra, timeout=400):
+def _run_both(workdir, extra, timeout=900):
   procs = _launch(workdir, extra, _free_port())
   outs = []
   try:
