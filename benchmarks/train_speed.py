@@ -18,7 +18,8 @@ last line is ``ratio train=X infer=Y``: crnn_jax over PyTorch, the median of all
 over all batch sizes.
 
 Needs the ``[bench]`` extra (torch). Run from the repository root; the defaults (batch
-64 and 256, 5 rounds) take about 6 minutes on 2 cores:
+64 and 256, 5 rounds) take about 5 minutes on an otherwise idle 2-core machine (12 when
+other jobs share it):
 
     .venv/bin/python benchmarks/train_speed.py
     .venv/bin/python benchmarks/train_speed.py --conv_impl=xla   # the plain formulation
@@ -164,7 +165,9 @@ class JaxSide:
     lowered = step.lower(self.state, self.batch, self.rng)
     self.train_fn = lowered.compile()
     self.train_compile_s = time.perf_counter() - t
-    self.train_flops = self.train_fn.cost_analysis()["flops"]
+    # XLA counts the FLOPs of one device's program; every device runs one.
+    self.devices = mesh.devices.size
+    self.train_flops = self.train_fn.cost_analysis()["flops"] * self.devices
     self.train_memory = self.train_fn.memory_analysis()
 
     model = self.model
@@ -179,12 +182,13 @@ class JaxSide:
     self.infer_fn = infer_jit.lower(self.state.params, self.state.batch_stats,
                                     self.batch["images"], self.batch["widths"]).compile()
     self.infer_compile_s = time.perf_counter() - t
-    self.infer_flops = self.infer_fn.cost_analysis()["flops"]
+    self.infer_flops = self.infer_fn.cost_analysis()["flops"] * self.devices
     self.infer_memory = self.infer_fn.memory_analysis()
 
   def nominal_flops(self) -> tuple[float, float]:
-    """XLA's FLOP count of the train step and forward with plain ``lax`` convolutions
-    (the model's arithmetic, whatever formulation runs): per step, not compiled."""
+    """XLA's FLOP count of the train step and of the forward pass with plain ``lax``
+    convolutions: the model's arithmetic, whichever formulation runs (compiled for
+    the count only, never run)."""
     jax = self.jax
     from crnn_jax import charset as charset_lib
     from crnn_jax import train
@@ -192,6 +196,7 @@ class JaxSide:
     state = self.state.replace(apply_fn=model.apply)
     step = functools.partial(train.train_step, blank_id=charset_lib.BLANK_ID)
     tr = jax.jit(step).lower(state, self.batch, self.rng).compile().cost_analysis()["flops"]
+    tr *= self.devices
 
     def infer(params, batch_stats, images, widths):
       x = images.astype(jax.numpy.float32)[..., None] / 255.0
@@ -200,7 +205,7 @@ class JaxSide:
 
     inf = jax.jit(infer).lower(self.state.params, self.state.batch_stats,
                                self.batch["images"], self.batch["widths"]).compile()
-    return tr, inf.cost_analysis()["flops"]
+    return tr, inf.cost_analysis()["flops"] * self.devices
 
   def train(self, steps: int) -> float:
     loss = None
