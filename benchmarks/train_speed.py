@@ -24,7 +24,7 @@ other jobs share it):
     .venv/bin/python benchmarks/train_speed.py
     .venv/bin/python benchmarks/train_speed.py --conv_impl=xla   # the plain formulation
     .venv/bin/python benchmarks/train_speed.py --cpu_devices=2   # batch split over 2 host devices
-    .venv/bin/python benchmarks/train_speed.py --malloc=reuse    # glibc keeps freed memory
+    .venv/bin/python benchmarks/train_speed.py --malloc=reuse    # as scripts/train.py runs
 
 Never part of the test run.
 """
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import ctypes
 import functools
 import os
 import statistics
@@ -46,6 +45,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from crnn_jax.memory import reuse_freed_memory  # noqa: E402
 
 HEIGHT, WIDTH, MAX_LABEL = 32, 128, 10
 
@@ -94,27 +95,6 @@ class RssPeak:
   @property
   def growth_mb(self) -> float:
     return (self.peak - self.start) / 2**20
-
-
-def reuse_freed_memory() -> bool:
-  """Makes glibc keep freed memory for reuse instead of returning it to the system.
-
-  XLA allocates each step's large buffers afresh; with glibc's defaults each one is a
-  new mmap whose pages the kernel faults in and zeroes on first touch, which cost
-  ~15% of a training step's CPU time here. One arena, no mmap and no trimming let
-  the next step reuse the same memory (the process keeps its peak footprint).
-  Must run before JAX starts its threads; affects PyTorch in this process as well.
-
-  Returns:
-    whether glibc accepted the settings (False off glibc).
-  """
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
-    return False
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
-  return bool(libc.mallopt(m_arena_max, 1) and libc.mallopt(m_mmap_max, 0)
-              and libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> list[float]:

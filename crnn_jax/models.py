@@ -75,18 +75,25 @@ class ConvStack(nn.Module):
                              x, mask=jnp.broadcast_to(mask > 0, x.shape))
       return nn.relu(x) * mask.astype(x.dtype)
 
+    # Where the convolutions take the CPU fast path, so does pooling: the same function and
+    # gradient as nn.max_pool, without its slow select-and-scatter gradient on XLA's CPU.
+    if conv_lib.resolve_impl(self.conv_impl, self.dtype) == "xla":
+      pool = lambda x, window: nn.max_pool(x, window, window)
+    else:
+      pool = conv_lib.max_pool
+
     x = conv(x, 0)
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = pool(x, (2, 2))
     stride *= 2
     x = conv(x, 1)
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = pool(x, (2, 2))
     stride *= 2
     x = conv(x, 2)
     x = conv(x, 3)
-    x = nn.max_pool(x, (2, 1), (2, 1))
+    x = pool(x, (2, 1))
     x = conv(x, 4, batch_norm=True)
     x = conv(x, 5, batch_norm=True)
-    x = nn.max_pool(x, (2, 1), (2, 1))
+    x = pool(x, (2, 1))
     x = conv(x, 6, kernel=(2, 2), padding="VALID")
     return x
 

@@ -13,6 +13,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Before anything starts threads: keep freed memory for the next step (about 20% less CPU
+# per training step on CPU; CRNN_JAX_MALLOC=system turns it off). See crnn_jax/memory.py.
+from crnn_jax import memory  # noqa: E402
+
+memory.reuse_freed_memory()
+
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
