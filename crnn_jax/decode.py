@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -533,6 +534,74 @@ def _beam_search(
         grid = _grid(beam_size, beam_size + 2, 0, ragged=max_length >= frames)
     else:
         grid = _grid(beam_size, num_classes, blank_id, ragged=False)
+    search = functools.partial(
+        _search_chunk,
+        beam_size=beam_size,
+        top_k=top_k,
+        blank_id=blank_id,
+        max_length=max_length,
+        lm=lm,
+        trie=trie,
+        alpha=alpha,
+        beta=beta,
+        grid=grid,
+        prune=prune,
+        lm_start=lm_start,
+    )
+    chunks = _num_chunks(batch)
+    if chunks == 1:
+        return search(logits, logit_paddings)
+    # Independent searches over parts of the batch: XLA's CPU runtime runs them side by
+    # side on its threads, which a single loop of small ops cannot keep busy.
+    bounds = np.linspace(0, batch, chunks + 1).astype(int)
+    parts = [search(logits[a:b], logit_paddings[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return DecodeResult(*(jnp.concatenate(field) for field in zip(*parts)))
+
+
+# Split a batch on CPU only while its parts stay this small (examples per part) ...
+_MAX_CHUNK = 32
+# ... and this large.
+_MIN_CHUNK = 16
+
+
+def _num_chunks(batch: int) -> int:
+    """How many independent searches to split a batch into: up to one per core on CPU.
+
+    On CPU the beam search is a loop of small ops whose cost is mostly per-op overhead,
+    and one loop leaves cores idle. Measured on 2 cores (real-looking inputs, beam 10):
+    B=32, T=400, K=32 ran 1.1-1.3x as fast in two halves and B=64 about 1.15x, while
+    B=256, T=31, K=63, whose ops are large enough to use both cores, ran ~6% slower.
+    Other backends get one loop.
+    """
+    if jax.default_backend() != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if batch > _MAX_CHUNK * cores:
+        return 1
+    return max(1, min(cores, batch // _MIN_CHUNK))
+
+
+def _search_chunk(
+    logits: jax.Array,
+    logit_paddings: jax.Array,
+    *,
+    beam_size: int,
+    top_k: int,
+    blank_id: int,
+    max_length: int,
+    lm: CharNgramLM | None,
+    trie: Trie | None,
+    alpha: jax.Array,
+    beta: jax.Array,
+    grid: _Grid,
+    prune: bool,
+    lm_start: int,
+) -> DecodeResult:
+    """The search over time and the read-out, for one part of the batch."""
+    batch = logits.shape[0]
     step = functools.partial(
         _beam_step,
         grid=grid,

@@ -3,6 +3,7 @@
 import functools
 import itertools
 import math
+import os
 import subprocess
 import sys
 
@@ -274,6 +275,22 @@ def test_beam_search_matches_reference_on_random_inputs(
     kwargs = dict(beam_size=beam_size, top_k=3, max_length=max_length)
     result = decode.prefix_beam_search(logits, paddings, **kwargs)
     assert_matches_reference(result, log_softmax(logits), paddings, **kwargs)
+
+
+def test_batch_split_over_cores_matches_reference_and_one_loop(monkeypatch):
+    # On CPU a small batch is searched in parts, one loop per core (decode._num_chunks).
+    rng = np.random.default_rng(13)
+    batch, frames, classes = 40, 9, 12
+    logits = held_logits(rng, batch, frames, classes)
+    paddings = trailing_paddings(rng, batch, frames)
+    kwargs = dict(beam_size=4, top_k=2)
+    assert decode._num_chunks(batch) == min(2, len(os.sched_getaffinity(0)))
+    split = decode.prefix_beam_search(logits, paddings, **kwargs)
+    assert_matches_reference(split, log_softmax(logits), paddings, **kwargs)
+    monkeypatch.setattr(decode, "_num_chunks", lambda batch: 1)
+    one_loop = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
+    np.testing.assert_array_equal(split.tokens, one_loop.tokens)
+    np.testing.assert_allclose(split.scores, one_loop.scores, atol=1e-5)  # float rounding
 
 
 def test_beam_search_with_lm_and_max_length_matches_reference():
