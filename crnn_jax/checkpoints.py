@@ -48,10 +48,16 @@ def check_compatible(saved: dict, current: dict, where: str):
       f"model config it was trained with, another --workdir, or init_from to fine-tune.")
 
 
-def _manager(directory: str, **options) -> ocp.CheckpointManager:
+def _manager(directory: str, name: str, **options) -> ocp.CheckpointManager:
+  # In a multi-process run every manager synchronises the processes with barriers named
+  # after the operation ("save_start", ...). Two managers used side by side need their
+  # own names, or process 0 can wait in one manager's barrier while process 1 waits in
+  # the other's, and both hang until the coordination service aborts them.
   return ocp.CheckpointManager(
       os.path.abspath(directory), item_names=("state", "meta"),
-      options=ocp.CheckpointManagerOptions(create=True, **options))
+      options=ocp.CheckpointManagerOptions(
+          create=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=name), **options))
 
 
 class Checkpoints:
@@ -59,18 +65,23 @@ class Checkpoints:
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3):
     self.workdir = workdir
-    self.latest = _manager(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
-    self.best = _manager(os.path.join(workdir, "best"), max_to_keep=1,
+    self.latest = _manager(os.path.join(workdir, "checkpoints"), "latest",
+                           max_to_keep=max_to_keep)
+    self.best = _manager(os.path.join(workdir, "best"), "best", max_to_keep=1,
                          best_fn=lambda m: m["word_acc"], best_mode="max")
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
   def save(self, step: int, state, meta: dict, *, force: bool = False):
+    # One manager's asynchronous save at a time, so every process meets the barriers of
+    # the two managers in the same order.
+    self.best.wait_until_finished()
     self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
   def save_best(self, step: int, state, meta: dict, metrics: dict):
+    self.latest.wait_until_finished()
     self.best.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         metrics={k: float(v) for k, v in metrics.items()}, force=True)
@@ -118,7 +129,10 @@ def open_checkpoint(path: str):
     if not os.path.isdir(directory):
       continue
     mngr = ocp.CheckpointManager(directory, item_names=("state", "meta"),
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
+                                 options=ocp.CheckpointManagerOptions(
+                                     read_only=True,
+                                     multiprocessing_options=ocp.options.MultiprocessingOptions(
+                                         barrier_sync_key_prefix="open")))
     steps = mngr.all_steps()
     if step is None and steps:
       return mngr, max(steps)
