@@ -534,20 +534,50 @@ def _beam_search(
         grid = _grid(beam_size, beam_size + 2, 0, ragged=max_length >= frames)
     else:
         grid = _grid(beam_size, num_classes, blank_id, ragged=False)
-    search = functools.partial(
-        _search_chunk,
-        beam_size=beam_size,
-        top_k=top_k,
+    step = functools.partial(
+        _beam_step,
+        grid=grid,
         blank_id=blank_id,
         max_length=max_length,
         lm=lm,
         trie=trie,
         alpha=alpha,
         beta=beta,
-        grid=grid,
-        prune=prune,
-        lm_start=lm_start,
     )
+
+    def search(logits: jax.Array, logit_paddings: jax.Array) -> DecodeResult:
+        """The search over time and the read-out, for one part of the batch."""
+        batch = logits.shape[0]
+        stay_put = jnp.broadcast_to(jnp.arange(beam_size)[:, None], (beam_size, batch))
+
+        def scan_step(beams, frame):
+            frame_log_probs, columns, padded = frame
+            new, src, appended = step(beams, frame_log_probs, columns)
+            # A padded frame leaves every beam of its example where it was.
+            new = jax.tree.map(lambda old, value: jnp.where(padded, old, value), beams, new)
+            return new, (jnp.where(padded, stay_put, src), jnp.where(padded, -1, appended))
+
+        log_probs = jnp.transpose(_log_probs(logits), (1, 2, 0))  # [B, T, K] -> [T, K, B]
+        columns = _frame_columns(log_probs, beam_size, blank_id, prune)
+        beams, (sources, appended) = jax.lax.scan(
+            scan_step,
+            _initial_beams(beam_size, batch, lm_start),
+            (log_probs, columns, (logit_paddings > 0.5).T),
+        )
+
+        rank = jnp.logaddexp(beams.log_pb, beams.log_pnb) + beta * beams.length  # (W, B)
+        if lm is not None:
+            end = lm.log_probs[beams.lm_state, blank_id]  # the end of the sentence
+            rank += alpha * (beams.lm_score + end)
+        if trie is not None:
+            rank = jnp.where(trie.is_word[beams.node], rank, _NEG_INF)
+        scores, order = jax.lax.top_k(rank.T, top_k)  # (B, k)
+        found = scores > _NEG_INF
+        tokens = _backtrack(sources, appended, order.T, max_length)
+        tokens = jnp.where(found[..., None], tokens, -1)
+        lengths = jnp.where(found, jnp.take_along_axis(beams.length.T, order, axis=1), 0)
+        return DecodeResult(tokens, lengths, scores)
+
     chunks = _num_chunks(batch)
     if chunks == 1:
         return search(logits, logit_paddings)
@@ -582,65 +612,6 @@ def _num_chunks(batch: int) -> int:
     if batch > _MAX_CHUNK * cores:
         return 1
     return max(1, min(cores, batch // _MIN_CHUNK))
-
-
-def _search_chunk(
-    logits: jax.Array,
-    logit_paddings: jax.Array,
-    *,
-    beam_size: int,
-    top_k: int,
-    blank_id: int,
-    max_length: int,
-    lm: CharNgramLM | None,
-    trie: Trie | None,
-    alpha: jax.Array,
-    beta: jax.Array,
-    grid: _Grid,
-    prune: bool,
-    lm_start: int,
-) -> DecodeResult:
-    """The search over time and the read-out, for one part of the batch."""
-    batch = logits.shape[0]
-    step = functools.partial(
-        _beam_step,
-        grid=grid,
-        blank_id=blank_id,
-        max_length=max_length,
-        lm=lm,
-        trie=trie,
-        alpha=alpha,
-        beta=beta,
-    )
-    stay_put = jnp.broadcast_to(jnp.arange(beam_size)[:, None], (beam_size, batch))
-
-    def scan_step(beams, frame):
-        frame_log_probs, columns, padded = frame
-        new, src, appended = step(beams, frame_log_probs, columns)
-        # A padded frame leaves every beam of its example where it was.
-        new = jax.tree.map(lambda old, value: jnp.where(padded, old, value), beams, new)
-        return new, (jnp.where(padded, stay_put, src), jnp.where(padded, -1, appended))
-
-    log_probs = jnp.transpose(_log_probs(logits), (1, 2, 0))  # [B, T, K] -> [T, K, B]
-    columns = _frame_columns(log_probs, beam_size, blank_id, prune)
-    beams, (sources, appended) = jax.lax.scan(
-        scan_step,
-        _initial_beams(beam_size, batch, lm_start),
-        (log_probs, columns, (logit_paddings > 0.5).T),
-    )
-
-    rank = jnp.logaddexp(beams.log_pb, beams.log_pnb) + beta * beams.length  # (W, B)
-    if lm is not None:
-        end = lm.log_probs[beams.lm_state, blank_id]  # the end of the sentence
-        rank += alpha * (beams.lm_score + end)
-    if trie is not None:
-        rank = jnp.where(trie.is_word[beams.node], rank, _NEG_INF)
-    scores, order = jax.lax.top_k(rank.T, top_k)  # (B, k)
-    found = scores > _NEG_INF
-    tokens = _backtrack(sources, appended, order.T, max_length)
-    tokens = jnp.where(found[..., None], tokens, -1)
-    lengths = jnp.where(found, jnp.take_along_axis(beams.length.T, order, axis=1), 0)
-    return DecodeResult(tokens, lengths, scores)
 
 
 @functools.partial(
