@@ -15,7 +15,9 @@ and "real-looking" (peaked: a random label sequence aligned over the frames with
 plus noise and frequent near-miss labels). Where pyctcdecode's top-1 differs from ours,
 it is rerun with its pruning switched off to see whether pruning caused the difference.
 
-Run from the repository root (about a minute on 2 cores):
+crnn_jax and pyctcdecode run in alternating rounds, because this machine's speed drifts by
+up to 2x within an hour; the last line gives crnn_jax's median per-round ratio for each
+case. Run from the repository root (about two minutes on 2 cores):
 
     .venv/bin/python benchmarks/decode.py
 
@@ -112,8 +114,8 @@ class Clock:
         self.cpu = time.process_time() - self.cpu
 
 
-def time_jax(logits, paddings, alphabet, repeats):
-    """Median (wall, CPU) seconds for the whole batch, and the top-1 strings."""
+def jax_runner(logits, paddings, alphabet):
+    """A function that decodes the whole batch (jitted, warm) up to top-1 strings."""
     logits, paddings = jax.device_put((logits, paddings))
 
     def run():
@@ -121,14 +123,19 @@ def time_jax(logits, paddings, alphabet, repeats):
         tokens, lengths = jax.device_get((result.tokens[:, 0], result.lengths[:, 0]))
         return decode.to_strings(tokens, lengths, alphabet)
 
-    texts = run()  # compile
+    run()  # compile
+    return run
+
+
+def time_jax(run, repeats):
+    """Median (wall, CPU) seconds of `repeats` runs, and the top-1 strings."""
     clocks = []
     for _ in range(repeats):
         with Clock() as clock:
-            run()
+            texts = run()
         clocks.append(clock)
-    wall = statistics.median(c.wall for c in clocks)
-    return (wall, statistics.median(c.cpu for c in clocks)), texts
+    return (statistics.median(c.wall for c in clocks),
+            statistics.median(c.cpu for c in clocks)), texts
 
 
 def time_pyctcdecode(decoder, log_probs, lengths, count, **kwargs):
@@ -138,6 +145,30 @@ def time_pyctcdecode(decoder, log_probs, lengths, count, **kwargs):
             text = decoder.decode(log_probs[b, : lengths[b]], beam_width=BEAM_SIZE, **kwargs)
             texts.append(text)
     return (clock.wall, clock.cpu), texts
+
+
+def interleaved(run_jax, batch, decoder, log_probs, lengths, count, rounds, repeats):
+    """crnn_jax and pyctcdecode in alternating rounds (the machine's speed drifts).
+
+    Returns the median (wall, CPU) sequences/s of each, the median of the per-round
+    ratios, and the top-1 strings of both.
+    """
+    ours, theirs, ratios = [], [], []
+    for r in range(rounds):
+        sides = ["jax", "pyctcdecode"] if r % 2 == 0 else ["pyctcdecode", "jax"]
+        for side in sides:
+            if side == "jax":
+                seconds, jax_texts = time_jax(run_jax, repeats)
+                ours.append((batch / seconds[0], batch / seconds[1]))
+            else:
+                seconds, pyctc_texts = time_pyctcdecode(decoder, log_probs, lengths, count)
+                theirs.append((count / seconds[0], count / seconds[1]))
+        ratios.append((ours[-1][0] / theirs[-1][0], ours[-1][1] / theirs[-1][1]))
+
+    def median(pairs):
+        return tuple(statistics.median(p[i] for p in pairs) for i in range(2))
+
+    return median(ours), median(theirs), median(ratios), jax_texts, pyctc_texts
 
 
 def time_reference(reference, log_probs, paddings, alphabet, count):
@@ -152,7 +183,10 @@ def time_reference(reference, log_probs, paddings, alphabet, count):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=10, help="timed JAX runs per case")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed JAX runs of the batch per round (their median counts)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating crnn_jax / pyctcdecode rounds per case")
     parser.add_argument(
         "--host-examples", type=int, default=64,
         help="examples per case for pyctcdecode and the reference, which are slow (0: all)",
@@ -174,14 +208,17 @@ def main():
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}; load average at start "
           f"{os.getloadavg()[0]:.1f} (other processes share the CPU)")
-    print(f"beam {BEAM_SIZE}, no LM; crnn_jax: median of {args.repeats} warm runs of the "
-          f"whole batch; pyctcdecode and the reference: the first "
-          f"{args.host_examples or 'all'} examples of the same batch, one by one")
+    print(f"beam {BEAM_SIZE}, no LM; crnn_jax: the whole batch, jitted and warm; pyctcdecode "
+          f"and the reference: the first {args.host_examples or 'all'} examples of the same "
+          f"batch, one by one. crnn_jax and pyctcdecode alternate over {args.rounds} rounds "
+          f"(crnn_jax: median of {args.repeats} runs per round); figures are medians over "
+          f"the rounds, ratios the median of the per-round ratios. The reference runs once.")
     header = (f"{'input':<13}{'B x T x K':<12}{'decoder':<23}{'seq/s':>9}{'(CPU)':>9}"
               f"{'vs pyctcdecode':>16}{'(CPU)':>8}{'vs ref':>9}{'(CPU)':>8}"
               f"   top-1 same as crnn_jax")
     print(header)
     print("-" * len(header))
+    summary = {}
     for shape_name, shape in SHAPES.items():
         batch, frames, classes = shape
         alphabet = ALPHABETS[classes]
@@ -192,15 +229,21 @@ def main():
             count = min(batch, args.host_examples or batch)
 
             # rates[decoder] = (sequences per wall second, per CPU second)
-            seconds, ours = time_jax(logits, paddings, alphabet, args.repeats)
-            rates = {"crnn_jax": (batch / seconds[0], batch / seconds[1])}
+            run_jax = jax_runner(logits, paddings, alphabet)
+            rates, vs_pyctc = {}, None
+            if decoder is not None:
+                rates["crnn_jax"], rates["pyctcdecode"], vs_pyctc, ours, pyctc_texts = (
+                    interleaved(run_jax, batch, decoder, log_probs, lengths, count,
+                                args.rounds, args.repeats))
+            else:
+                seconds, ours = time_jax(run_jax, args.repeats * args.rounds)
+                rates["crnn_jax"] = (batch / seconds[0], batch / seconds[1])
             seconds, ref_texts = time_reference(reference, log_probs, paddings, alphabet, count)
             rates["reference"] = (count / seconds[0], count / seconds[1])
             agree = {"reference": sum(a == b for a, b in zip(ours, ref_texts))}
             notes = {"reference": f"{agree['reference']}/{count}"}
             if decoder is not None:
-                seconds, pyctc_texts = time_pyctcdecode(decoder, log_probs, lengths, count)
-                rates["pyctcdecode"] = (count / seconds[0], count / seconds[1])
+                summary[f"{kind} {shape_name}"] = vs_pyctc[0]
                 differ = [b for b in range(count) if pyctc_texts[b] != ours[b]]
                 # For each difference: does pyctcdecode agree once it stops pruning, and
                 # which of the two answers is really more probable?
@@ -231,13 +274,20 @@ def main():
                 wall, cpu = rates[key]
 
                 def ratio(other, i):
-                    return f"{rates[key][i] / rates[other][i]:.1f}x" if other in rates else "-"
+                    if other not in rates:
+                        return "-"
+                    if other == "pyctcdecode" and key == "crnn_jax":
+                        return f"{vs_pyctc[i]:.1f}x"  # median of the per-round ratios
+                    return f"{rates[key][i] / rates[other][i]:.1f}x"
 
                 print(f"{kind:<13}{'x'.join(map(str, shape)):<12}{names[key]:<23}"
                       f"{wall:>9.1f}{cpu:>9.1f}{ratio('pyctcdecode', 0):>16}"
                       f"{ratio('pyctcdecode', 1):>8}{ratio('reference', 0):>9}"
                       f"{ratio('reference', 1):>8}   {notes.get(key, '-')}")
         print()
+    if summary:
+        print("ratio vs pyctcdecode (wall): " + "  ".join(
+            f"{name.replace(' ', ':')}={value:.1f}x" for name, value in summary.items()))
 
 
 if __name__ == "__main__":
