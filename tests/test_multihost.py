@@ -151,13 +151,20 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   # of up to lr. Those are only held to 20 steps x lr.
   got = jax.device_get(restored.params)
   lr = config.optim.learning_rate
+  worst = {}
   for path, a in jax.tree_util.tree_flatten_with_path(got)[0]:
     name = "/".join(k.key for k in path)
     b = functools.reduce(lambda t, k: t[k.key], path, ref_params)
+    worst[name] = float(np.max(np.abs(a - b)))
     if name in ("cnn/conv5/bias", "cnn/conv6/bias"):
       np.testing.assert_allclose(a, b, atol=STEPS * lr, err_msg=name)
     else:
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=lr, err_msg=name)
+  cancelled = {k: v for k, v in worst.items() if k in ("cnn/conv5/bias", "cnn/conv6/bias")}
+  rest = {k: v for k, v in worst.items() if k not in cancelled}
+  name = max(rest, key=rest.get)
+  print(f"largest difference from the 1-process reference: {rest[name]:.2e} ({name}); "
+        f"BatchNorm-cancelled biases {max(cancelled.values()):.2e}")
 
 
 def test_killing_one_process_stops_the_other(tmp_path):
@@ -176,6 +183,7 @@ def test_killing_one_process_stops_the_other(tmp_path):
     waited = time.time() - killed_at
   finally:
     _kill_all(procs)
+  print(f"surviving process exited with {procs[0].returncode} {waited:.1f} s after the kill")
   assert procs[0].returncode != 0
   # Bound: the heartbeat timeout (10 s here, 30 s by default) plus shutdown time.
   assert waited < 60, waited
