@@ -250,48 +250,83 @@ def _take(b: Bucket, rows: np.ndarray) -> dict:
   }
 
 
-class TrainBatches:
-  """Training batches as a pure function of (seed, step).
+class BatchPlan:
+  """Which rows of which width bucket every global step reads, as a pure function of
+  (seed, step). The in-memory and streaming training paths share it, so they produce the
+  same batches.
 
-  Each epoch shuffles every bucket and the order of (bucket, batch) pairs, drops
-  each bucket's remainder, and never mixes widths within a batch. The number of
-  batches per bucket comes from ``counts`` (the smallest over processes), so all
-  processes agree on the bucket of every step.
+  Each epoch shuffles every bucket and the order of (bucket, batch) pairs, drops each
+  bucket's remainder, and never mixes widths within a batch. The number of batches per
+  bucket comes from ``counts`` (the smallest over processes), so all processes agree on
+  the bucket of every step.
 
   Args:
-    prep: this process's prepared data, after ``merge_buckets_up``.
+    bucket_sizes: examples per bucket in this process.
     batch_size: rows per process per step.
     seed: shuffling seed.
     counts: per-bucket example counts agreed by all processes.
+    spec: the dataset, for the error message.
   """
 
-  def __init__(self, prep: Prepared, batch_size: int, seed: int, counts: Sequence[int]):
-    self.prep = prep
+  def __init__(self, bucket_sizes: Sequence[int], batch_size: int, seed: int,
+               counts: Sequence[int], spec: str):
+    self.bucket_sizes = [int(n) for n in bucket_sizes]
     self.batch_size = batch_size
     self.seed = seed
     self.batches_per_bucket = [int(c) // batch_size for c in counts]
     self.steps_per_epoch = sum(self.batches_per_bucket)
     if self.steps_per_epoch == 0:
       raise ValueError(
-          f"Dataset {prep.report.spec}: {int(sum(counts))} usable examples (per process) "
-          f"cannot fill one batch of {batch_size} per process; use a smaller "
-          f"train.batch_size or more data.")
-    self._plan_epoch = -1
+          f"Dataset {spec}: {int(sum(counts))} usable examples (per process) cannot fill "
+          f"one batch of {batch_size} per process; use a smaller train.batch_size or more "
+          f"data.")
+    self._epoch = -1
 
-  def _plan(self, epoch: int):
-    if epoch != self._plan_epoch:
+  def __getstate__(self):
+    # The per-epoch draws are a cache: a copy in a worker process redraws them.
+    state = dict(self.__dict__, _epoch=-1)
+    state.pop("_order", None)
+    state.pop("_perms", None)
+    return state
+
+  def locate(self, step: int) -> tuple[int, int, np.ndarray]:
+    """(bucket, batch number within the bucket, the bucket's shuffled order) of ``step``.
+
+    The batch's rows of the bucket are ``order[j * batch_size:(j + 1) * batch_size]``;
+    the rows after them are this epoch's later batches (or its dropped remainder).
+    """
+    epoch, k = divmod(step, self.steps_per_epoch)
+    if epoch != self._epoch:
       rng = np.random.default_rng([self.seed, epoch])
-      self._order = [(b, j) for b, n in enumerate(self.batches_per_bucket) for j in range(n)]
-      self._order = [self._order[k] for k in rng.permutation(len(self._order))]
-      self._perms = [rng.permutation(len(b)) for b in self.prep.buckets]
-      self._plan_epoch = epoch
+      order = [(b, j) for b, n in enumerate(self.batches_per_bucket) for j in range(n)]
+      self._order = [order[k] for k in rng.permutation(len(order))]
+      self._perms = [rng.permutation(n) for n in self.bucket_sizes]
+      self._epoch = epoch
+    b, j = self._order[k]
+    return b, j, self._perms[b]
+
+
+class TrainBatches:
+  """Training batches of prepared (in-memory) data, as a pure function of (seed, step).
+
+  Args:
+    prep: this process's prepared data, after ``merge_buckets_up``.
+    batch_size: rows per process per step.
+    seed: shuffling seed.
+    counts: per-bucket example counts agreed by all processes (see ``BatchPlan``).
+  """
+
+  def __init__(self, prep: Prepared, batch_size: int, seed: int, counts: Sequence[int]):
+    self.prep = prep
+    self.plan = BatchPlan([len(b) for b in prep.buckets], batch_size, seed, counts,
+                          prep.report.spec)
+    self.batch_size = batch_size
+    self.steps_per_epoch = self.plan.steps_per_epoch
 
   def batch(self, step: int) -> dict:
     """The host batch of global step ``step``."""
-    epoch, k = divmod(step, self.steps_per_epoch)
-    self._plan(epoch)
-    b, j = self._order[k]
-    rows = self._perms[b][j * self.batch_size:(j + 1) * self.batch_size]
+    b, j, order = self.plan.locate(step)
+    rows = order[j * self.batch_size:(j + 1) * self.batch_size]
     return _take(self.prep.buckets[b], rows)
 
   def __call__(self, start_step: int) -> Iterator[dict]:

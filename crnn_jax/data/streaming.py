@@ -232,40 +232,22 @@ class StreamingBatches:
     self.num_threads = num_threads
     self.prefetch = prefetch
     self.log = log
-    self.batches_per_bucket = [int(c) // batch_size for c in counts]
-    self.steps_per_epoch = sum(self.batches_per_bucket)
-    if self.steps_per_epoch == 0:
-      raise ValueError(
-          f"Dataset {index.report.spec}: {int(sum(counts))} usable examples (per process) "
-          f"cannot fill one batch of {batch_size} per process; use a smaller "
-          f"train.batch_size or more data.")
+    # The same plan as the in-memory path, so both give the same batches.
+    self.plan = pipeline.BatchPlan([len(m) for m in index.members], batch_size, seed, counts,
+                                   index.report.spec)
+    self.steps_per_epoch = self.plan.steps_per_epoch
     # Examples that failed to decode after passing the index: counted here, by reason.
     self.read_failures = pipeline.DataReport(index.report.spec)
-    self._plan_epoch = -1
 
   def __getstate__(self):
     state = dict(self.__dict__)
     state["log"] = None  # stays with the training process
-    state["_plan_epoch"] = -1
-    state.pop("_order", None)
-    state.pop("_perms", None)
     return state
-
-  def _plan(self, epoch: int):
-    # The same draws, in the same order, as pipeline.TrainBatches._plan.
-    if epoch != self._plan_epoch:
-      rng = np.random.default_rng([self.seed, epoch])
-      order = [(b, j) for b, n in enumerate(self.batches_per_bucket) for j in range(n)]
-      self._order = [order[k] for k in rng.permutation(len(order))]
-      self._perms = [rng.permutation(len(m)) for m in self.index.members]
-      self._plan_epoch = epoch
 
   def rows(self, step: int) -> tuple[int, int, np.ndarray]:
     """(bucket, batch number within the bucket, source indices) of global step ``step``."""
-    epoch, k = divmod(step, self.steps_per_epoch)
-    self._plan(epoch)
-    b, j = self._order[k]
-    rows = self._perms[b][j * self.batch_size:(j + 1) * self.batch_size]
+    b, j, order = self.plan.locate(step)
+    rows = order[j * self.batch_size:(j + 1) * self.batch_size]
     return b, j, self.index.members[b][rows]
 
   def _load(self, item, width: int, frames: int):
@@ -299,7 +281,7 @@ class StreamingBatches:
     labels = np.zeros((self.batch_size, frames), np.int32)
     lengths = np.zeros((self.batch_size,), np.int32)
     failures = []
-    members, perm = self.index.members[b], self._perms[b]
+    members, perm = self.index.members[b], self.plan.locate(step)[2]
     spare = (j + 1) * self.batch_size  # replacements: the rows after this batch's
     loaded = [self._load(item, width, frames)
               for item in self.source.read_many([int(i) for i in indices])]
