@@ -136,14 +136,8 @@ def prepare(source: readers.Source, *, charset: charset_lib.Charset, height: int
   Raises:
     ValueError: for bad buckets, or an unknown character with ``unknown_chars='error'``.
   """
-  buckets = sorted(set(int(w) for w in width_buckets))
-  if not buckets or any(w % models.WIDTH_STRIDE or w < preprocess.MIN_WIDTH for w in buckets):
-    raise ValueError(f"data.width_buckets must be multiples of {models.WIDTH_STRIDE}, at least "
-                     f"{preprocess.MIN_WIDTH}; got {tuple(width_buckets)}.")
-  if unknown_chars not in ("skip", "error"):
-    raise ValueError(f"unknown_chars must be 'skip' or 'error'; got {unknown_chars!r}.")
+  buckets, frames = check_buckets(width_buckets, unknown_chars)
   max_width = buckets[-1]
-  frames = [int(models.num_frames(w)) for w in buckets]
   report = DataReport(source.spec, max_width=max_width, max_frames=frames[-1])
   per_bucket = [[] for _ in buckets]  # (image, width, ids, text, key)
   indices = shard_range(len(source), process_index, process_count)
@@ -180,6 +174,21 @@ def prepare(source: readers.Source, *, charset: charset_lib.Charset, height: int
       report.usable += 1
   return Prepared([_make_bucket(w, f, height, items)
                    for w, f, items in zip(buckets, frames, per_bucket)], report)
+
+
+def check_buckets(width_buckets: Sequence[int], unknown_chars: str) -> tuple[list, list]:
+  """The sorted width buckets and their frame counts, after checking the data options.
+
+  Raises:
+    ValueError: naming the option, for unusable widths or an unknown ``unknown_chars``.
+  """
+  buckets = sorted(set(int(w) for w in width_buckets))
+  if not buckets or any(w % models.WIDTH_STRIDE or w < preprocess.MIN_WIDTH for w in buckets):
+    raise ValueError(f"data.width_buckets must be multiples of {models.WIDTH_STRIDE}, at least "
+                     f"{preprocess.MIN_WIDTH}; got {tuple(width_buckets)}.")
+  if unknown_chars not in ("skip", "error"):
+    raise ValueError(f"unknown_chars must be 'skip' or 'error'; got {unknown_chars!r}.")
+  return buckets, [int(models.num_frames(w)) for w in buckets]
 
 
 def _required_frames(ids: Sequence[int]) -> int:

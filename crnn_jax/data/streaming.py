@@ -151,16 +151,10 @@ def build_index(source: readers.Source, *, charset: charset_lib.Charset, height:
   Raises:
     ValueError: for bad buckets, or an unknown character with ``unknown_chars='error'``.
   """
-  buckets = sorted(set(int(w) for w in width_buckets))
-  if not buckets or any(w % models.WIDTH_STRIDE or w < preprocess.MIN_WIDTH for w in buckets):
-    raise ValueError(f"data.width_buckets must be multiples of {models.WIDTH_STRIDE}, at least "
-                     f"{preprocess.MIN_WIDTH}; got {tuple(width_buckets)}.")
-  if unknown_chars not in ("skip", "error"):
-    raise ValueError(f"unknown_chars must be 'skip' or 'error'; got {unknown_chars!r}.")
+  buckets, frames = pipeline.check_buckets(width_buckets, unknown_chars)
   if resize_mode not in preprocess.RESIZE_MODES:
     raise ValueError(f"resize mode {resize_mode!r} is not one of {preprocess.RESIZE_MODES}.")
   max_width = buckets[-1]
-  frames = [int(models.num_frames(w)) for w in buckets]
   report = pipeline.DataReport(source.spec, max_width=max_width, max_frames=frames[-1])
   members = [[] for _ in buckets]
   shard = pipeline.shard_range(len(source), process_index, process_count)
