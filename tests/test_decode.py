@@ -3,7 +3,6 @@
 import functools
 import itertools
 import math
-import os
 import subprocess
 import sys
 
@@ -277,20 +276,44 @@ def test_beam_search_matches_reference_on_random_inputs(
     assert_matches_reference(result, log_softmax(logits), paddings, **kwargs)
 
 
-def test_batch_split_over_cores_matches_reference_and_one_loop(monkeypatch):
-    # On CPU a small batch is searched in parts, one loop per core (decode._num_chunks).
+def test_both_ways_of_picking_the_best_candidates_match_reference(monkeypatch):
+    # A search step keeps its best candidates with lax.top_k for a few examples and by
+    # picking them one by one for many (decode._top_k); both must give the same beams.
     rng = np.random.default_rng(13)
     batch, frames, classes = 40, 9, 12
     logits = held_logits(rng, batch, frames, classes)
     paddings = trailing_paddings(rng, batch, frames)
     kwargs = dict(beam_size=4, top_k=2)
-    assert decode._num_chunks(batch) == min(2, len(os.sched_getaffinity(0)))
-    split = decode.prefix_beam_search(logits, paddings, **kwargs)
-    assert_matches_reference(split, log_softmax(logits), paddings, **kwargs)
-    monkeypatch.setattr(decode, "_num_chunks", lambda batch: 1)
-    one_loop = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
-    np.testing.assert_array_equal(split.tokens, one_loop.tokens)
-    np.testing.assert_allclose(split.scores, one_loop.scores, atol=1e-5)  # float rounding
+    assert batch < decode._MIN_ROWS  # lax.top_k in every step
+    with_top_k = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
+    assert_matches_reference(with_top_k, log_softmax(logits), paddings, **kwargs)
+    monkeypatch.setattr(decode, "_MIN_ROWS", 1)
+    picked = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
+    assert_matches_reference(picked, log_softmax(logits), paddings, **kwargs)
+    np.testing.assert_array_equal(picked.tokens, with_top_k.tokens)
+    np.testing.assert_array_equal(picked.scores, with_top_k.scores)
+
+
+def test_top_k_by_picking_equals_lax_top_k_with_ties_zeros_and_infinities():
+    # On CPU the search picks its top entries one by one (decode._top_k) instead of
+    # lax.top_k; the results must be the same, order of ties included.
+    rng = np.random.default_rng(17)
+    values = rng.normal(size=(6, 40, 70)).astype(np.float32)
+    values[:, :12] = np.round(values[:, :12])  # many ties
+    values[:, 12:20] = -np.inf
+    values[:, 20:24] = 0.0
+    values[:, 24:28] = -0.0
+    values[:, 28:] = np.where(rng.random((6, 12, 70)) < 0.5, -np.inf, values[:, 28:])
+    for axis, k in [(1, 11), (1, 30), (0, 6), (2, 10)]:
+        rows = values.size // values.shape[axis]
+        assert rows >= decode._MIN_ROWS and k <= decode._MAX_PICKS  # the picking path
+        top, index = decode._top_k(jnp.asarray(values), k, axis=axis)
+        expected_top, expected_index = jax.lax.top_k(np.moveaxis(values, axis, -1), k)
+        np.testing.assert_array_equal(np.moveaxis(np.asarray(index), axis, -1), expected_index)
+        np.testing.assert_array_equal(np.moveaxis(np.asarray(top), axis, -1), expected_top)
+        # -0.0 before 0.0 would fail the index check; compare signs of the zeros too.
+        assert np.array_equal(np.signbit(np.moveaxis(np.asarray(top), axis, -1)),
+                              np.signbit(expected_top))
 
 
 def test_beam_search_with_lm_and_max_length_matches_reference():
@@ -522,8 +545,11 @@ def test_to_strings_with_string_and_object_charsets():
     lengths = np.array([[2, 1]])
     assert decode.to_strings(tokens, lengths, "xyz") == [["xy", "z"]]
     assert decode.to_strings(tokens, lengths, Charset()) == [["xy", "z"]]
+    assert decode.to_strings(np.array([1, 3, -1]), np.array(2), "xyz") == "xz"  # scalar
     with pytest.raises(ValueError, match="tokens"):
         decode.to_strings(np.array([[4]]), np.array([1]), "xyz")
+    with pytest.raises(ValueError, match="id 0 has no character"):  # the blank
+        decode.to_strings(np.array([[1, 0]]), np.array([2]), "xyz")
     with pytest.raises(ValueError, match="charset"):
         decode.to_strings(tokens, lengths, 3)
     trie = decode.build_trie(["xy", "x"], num_classes=4, charset="xyz")
