@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -587,36 +588,72 @@ def _beam_search(
         beta=beta,
     )
 
-    stay_put = jnp.broadcast_to(jnp.arange(beam_size)[:, None], (beam_size, batch))
+    def search(logits: jax.Array, logit_paddings: jax.Array) -> DecodeResult:
+        """The search over time and the read-out, for one part of the batch."""
+        batch = logits.shape[0]
+        stay_put = jnp.broadcast_to(jnp.arange(beam_size)[:, None], (beam_size, batch))
 
-    def scan_step(beams, frame):
-        frame_log_probs, columns, padded = frame
-        new, src, appended = step(beams, frame_log_probs, columns)
-        # A padded frame leaves every beam of its example where it was.
-        new = jax.tree.map(lambda old, value: jnp.where(padded, old, value), beams, new)
-        trace = jnp.where(padded, stay_put, (appended + 1) * beam_size + src)
-        return new, trace
+        def scan_step(beams, frame):
+            frame_log_probs, columns, padded = frame
+            new, src, appended = step(beams, frame_log_probs, columns)
+            # A padded frame leaves every beam of its example where it was.
+            new = jax.tree.map(lambda old, value: jnp.where(padded, old, value), beams, new)
+            trace = jnp.where(padded, stay_put, (appended + 1) * beam_size + src)
+            return new, trace
 
-    log_probs = jnp.transpose(_log_probs(logits), (1, 2, 0))  # [B, T, K] -> [T, K, B]
-    columns = _frame_columns(log_probs, beam_size, blank_id, prune)
-    beams, trace = jax.lax.scan(
-        scan_step,
-        _initial_beams(beam_size, batch, lm_start),
-        (log_probs, columns, (logit_paddings > 0.5).T),
-    )
+        log_probs = jnp.transpose(_log_probs(logits), (1, 2, 0))  # [B, T, K] -> [T, K, B]
+        columns = _frame_columns(log_probs, beam_size, blank_id, prune)
+        beams, trace = jax.lax.scan(
+            scan_step,
+            _initial_beams(beam_size, batch, lm_start),
+            (log_probs, columns, (logit_paddings > 0.5).T),
+        )
 
-    rank = jnp.logaddexp(beams.log_pb, beams.log_pnb) + beta * beams.length  # (W, B)
-    if lm is not None:
-        end = lm.log_probs[beams.lm_state, blank_id]  # the end of the sentence
-        rank += alpha * (beams.lm_score + end)
-    if trie is not None:
-        rank = jnp.where(trie.is_word[beams.node], rank, _NEG_INF)
-    scores, order = jax.lax.top_k(rank.T, top_k)  # (B, k)
-    found = scores > _NEG_INF
-    tokens = _backtrack(trace, order.T, beam_size, max_length)
-    tokens = jnp.where(found[..., None], tokens, -1)
-    lengths = jnp.where(found, jnp.take_along_axis(beams.length.T, order, axis=1), 0)
-    return DecodeResult(tokens, lengths, scores)
+        rank = jnp.logaddexp(beams.log_pb, beams.log_pnb) + beta * beams.length  # (W, B)
+        if lm is not None:
+            end = lm.log_probs[beams.lm_state, blank_id]  # the end of the sentence
+            rank += alpha * (beams.lm_score + end)
+        if trie is not None:
+            rank = jnp.where(trie.is_word[beams.node], rank, _NEG_INF)
+        scores, order = jax.lax.top_k(rank.T, top_k)  # (B, k)
+        found = scores > _NEG_INF
+        tokens = _backtrack(trace, order.T, beam_size, max_length)
+        tokens = jnp.where(found[..., None], tokens, -1)
+        lengths = jnp.where(found, jnp.take_along_axis(beams.length.T, order, axis=1), 0)
+        return DecodeResult(tokens, lengths, scores)
+
+    chunks = _num_chunks(batch)
+    if chunks == 1:
+        return search(logits, logit_paddings)
+    # Independent searches over parts of the batch (XLA runs them one after the other).
+    bounds = np.linspace(0, batch, chunks + 1).astype(int)
+    parts = [search(logits[a:b], logit_paddings[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return DecodeResult(*(jnp.concatenate(field) for field in zip(*parts)))
+
+
+# Split a batch on CPU only while its parts stay this small (examples per part) ...
+_MAX_CHUNK = 16
+# ... and this large.
+_MIN_CHUNK = 16
+
+
+def _num_chunks(batch: int) -> int:
+    """How many searches to split a small batch into on CPU: up to one per core.
+
+    Measured on 2 cores (B=32, T=400, K=32, beam 10): two searches of 16 take the same
+    wall time as one of 32 but about 40% less CPU time, as one loop keeps a second XLA
+    thread busy for no gain. Larger batches (a step picks its best candidates by vector
+    ops from 64 examples up, see `_top_k`) and other backends get one search.
+    """
+    if jax.default_backend() != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if batch > _MAX_CHUNK * cores:
+        return 1
+    return max(1, min(cores, batch // _MIN_CHUNK))
 
 
 @functools.partial(

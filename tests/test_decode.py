@@ -3,6 +3,7 @@
 import functools
 import itertools
 import math
+import os
 import subprocess
 import sys
 
@@ -292,6 +293,22 @@ def test_both_ways_of_picking_the_best_candidates_match_reference(monkeypatch):
     assert_matches_reference(picked, log_softmax(logits), paddings, **kwargs)
     np.testing.assert_array_equal(picked.tokens, with_top_k.tokens)
     np.testing.assert_array_equal(picked.scores, with_top_k.scores)
+
+
+def test_batch_split_over_cores_matches_reference_and_one_loop(monkeypatch):
+    # On CPU a small batch is searched in parts, one per core (decode._num_chunks).
+    rng = np.random.default_rng(14)
+    batch, frames, classes = 32, 9, 12
+    logits = held_logits(rng, batch, frames, classes)
+    paddings = trailing_paddings(rng, batch, frames)
+    kwargs = dict(beam_size=4, top_k=2)
+    assert decode._num_chunks(batch) == min(2, len(os.sched_getaffinity(0)))
+    split = decode.prefix_beam_search(logits, paddings, **kwargs)
+    assert_matches_reference(split, log_softmax(logits), paddings, **kwargs)
+    monkeypatch.setattr(decode, "_num_chunks", lambda batch: 1)
+    one_loop = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
+    np.testing.assert_array_equal(split.tokens, one_loop.tokens)
+    np.testing.assert_allclose(split.scores, one_loop.scores, atol=1e-5)  # float rounding
 
 
 def test_top_k_by_picking_equals_lax_top_k_with_ties_zeros_and_infinities():
