@@ -523,7 +523,7 @@ def _backtrack(trace: jax.Array, final: jax.Array, beam_size: int, max_length: i
         entry = _take(frame_trace, beam)
         return entry % beam_size, entry // beam_size - 1
 
-    _, emitted = jax.lax.scan(step, final, trace, reverse=True, unroll=4)
+    _, emitted = jax.lax.scan(step, final, trace, reverse=True)
     emitted = jnp.transpose(emitted, (2, 1, 0))  # [T, k, B] -> [B, k, T]
     # Left-justify the emitted labels; the frames that appended nothing are dropped.
     slot = jnp.where(emitted >= 0, jnp.cumsum(emitted >= 0, axis=2) - 1, max_length)
