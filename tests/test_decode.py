@@ -277,26 +277,10 @@ def test_beam_search_matches_reference_on_random_inputs(
     assert_matches_reference(result, log_softmax(logits), paddings, **kwargs)
 
 
-def test_both_ways_of_picking_the_best_candidates_match_reference(monkeypatch):
-    # A search step keeps its best candidates with lax.top_k for a few examples and by
-    # picking them one by one for many (decode._top_k); both must give the same beams.
-    rng = np.random.default_rng(13)
-    batch, frames, classes = 40, 9, 12
-    logits = held_logits(rng, batch, frames, classes)
-    paddings = trailing_paddings(rng, batch, frames)
-    kwargs = dict(beam_size=4, top_k=2)
-    assert batch < decode._MIN_ROWS  # lax.top_k in every step
-    with_top_k = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
-    assert_matches_reference(with_top_k, log_softmax(logits), paddings, **kwargs)
-    monkeypatch.setattr(decode, "_MIN_ROWS", 1)
-    picked = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
-    assert_matches_reference(picked, log_softmax(logits), paddings, **kwargs)
-    np.testing.assert_array_equal(picked.tokens, with_top_k.tokens)
-    np.testing.assert_array_equal(picked.scores, with_top_k.scores)
-
-
-def test_batch_split_over_cores_matches_reference_and_one_loop(monkeypatch):
-    # On CPU a small batch is searched in parts, one per core (decode._num_chunks).
+def test_cpu_search_variants_match_reference_and_each_other(monkeypatch):
+    # On CPU a small batch is searched in parts, one per core (decode._num_chunks), and a
+    # step keeps its best candidates with lax.top_k for a few examples but picks them one
+    # by one for many (decode._top_k). Every variant must give the same beams.
     rng = np.random.default_rng(14)
     batch, frames, classes = 32, 9, 12
     logits = held_logits(rng, batch, frames, classes)
@@ -304,12 +288,16 @@ def test_batch_split_over_cores_matches_reference_and_one_loop(monkeypatch):
     kwargs = dict(beam_size=4, top_k=2)
     on_cpu = jax.default_backend() == "cpu"
     assert decode._num_chunks(batch) == (min(2, len(os.sched_getaffinity(0))) if on_cpu else 1)
+    assert batch < decode._MIN_ROWS  # lax.top_k in every step
     split = decode.prefix_beam_search(logits, paddings, **kwargs)
-    assert_matches_reference(split, log_softmax(logits), paddings, **kwargs)
     monkeypatch.setattr(decode, "_num_chunks", lambda batch: 1)
     one_loop = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
-    np.testing.assert_array_equal(split.tokens, one_loop.tokens)
-    np.testing.assert_allclose(split.scores, one_loop.scores, atol=1e-5)  # float rounding
+    monkeypatch.setattr(decode, "_MIN_ROWS", 1)
+    picked = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
+    for result in (split, one_loop, picked):
+        assert_matches_reference(result, log_softmax(logits), paddings, **kwargs)
+        np.testing.assert_array_equal(result.tokens, one_loop.tokens)
+        np.testing.assert_allclose(result.scores, one_loop.scores, atol=1e-5)  # rounding
 
 
 def test_top_k_by_picking_equals_lax_top_k_with_ties_zeros_and_infinities():
