@@ -56,8 +56,12 @@ def _manager(directory: str, name: str, **options) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(directory), item_names=("state", "meta"),
       options=ocp.CheckpointManagerOptions(
-          create=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
               barrier_sync_key_prefix=name), **options))
+
+
+def _save_args(state, meta: dict) -> ocp.args.Composite:
+  return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
 
 class Checkpoints:
@@ -65,9 +69,9 @@ class Checkpoints:
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3):
     self.workdir = workdir
-    self.latest = _manager(os.path.join(workdir, "checkpoints"), "latest",
+    self.latest = _manager(os.path.join(workdir, "checkpoints"), "latest", create=True,
                            max_to_keep=max_to_keep)
-    self.best = _manager(os.path.join(workdir, "best"), "best", max_to_keep=1,
+    self.best = _manager(os.path.join(workdir, "best"), "best", create=True, max_to_keep=1,
                          best_fn=lambda m: m["word_acc"], best_mode="max")
 
   def latest_step(self) -> int | None:
@@ -77,14 +81,12 @@ class Checkpoints:
     # One manager's asynchronous save at a time, so every process meets the barriers of
     # the two managers in the same order.
     self.best.wait_until_finished()
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+    self.latest.save(step, args=_save_args(state, meta), force=force)
 
   def save_best(self, step: int, state, meta: dict, metrics: dict):
     self.latest.wait_until_finished()
-    self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics={k: float(v) for k, v in metrics.items()}, force=True)
+    self.best.save(step, args=_save_args(state, meta),
+                   metrics={k: float(v) for k, v in metrics.items()}, force=True)
 
   def restore(self, state, step: int | None = None):
     """Restores ``(state, meta)`` at ``step`` (default latest) into the shapes and shardings of ``state``."""
@@ -128,11 +130,7 @@ def open_checkpoint(path: str):
   for directory, step in candidates:
     if not os.path.isdir(directory):
       continue
-    mngr = ocp.CheckpointManager(directory, item_names=("state", "meta"),
-                                 options=ocp.CheckpointManagerOptions(
-                                     read_only=True,
-                                     multiprocessing_options=ocp.options.MultiprocessingOptions(
-                                         barrier_sync_key_prefix="open")))
+    mngr = _manager(directory, "open", read_only=True)
     steps = mngr.all_steps()
     if step is None and steps:
       return mngr, max(steps)
