@@ -1,4 +1,4 @@
-"""Data benchmarks: python benchmarks/data.py [--section render|pipeline|all] [options]
+"""Data benchmarks: python benchmarks/data.py [--section render|pipeline|feed|all] [options]
 
 Prints one table per section.
 
@@ -26,12 +26,16 @@ add new ones to BENCHMARKS.
 Pipeline section (--pipeline_spec, --batch, --steps, --pipeline_workers): from a built TFDS
 dataset (default: synth_words with --pipeline_build images, built into --pipeline_dir when
 missing) into device arrays (`jax.device_put`, waited for), at --batch images per step:
-  * in-memory, prepare: read + decode + resize the whole split (start-up cost).
-  * in-memory, TrainBatches -> device: steady-state batches from memory.
-  * streaming, build_index: the header-only start-up pass.
-  * streaming, in-process (2 threads) -> device.
-  * streaming, K grain worker processes -> device (worker start-up included, and without).
+  * cached, build_index: read + decode + resize the whole split (start-up cost).
+  * cached, batches -> device: steady-state batches from memory.
+  * read per batch, build_index: the header-only start-up pass.
+  * read per batch, in-process (2 threads) -> device.
+  * read per batch, K grain worker processes -> device (worker start-up included, and without).
 Target: 5,000 images/s into device arrays, so the input never starves a GPU-sized step.
+
+Feed section (--feed_batch, --feed_steps, --feed_workers): per worker count, the images/s
+of words rendered while training (synth:inf through the training loader) next to the seed
+network's training images/s, both measured in this invocation (see bench_feed).
 """
 
 import argparse
@@ -181,9 +185,10 @@ def _to_device(batch: dict) -> None:
 
 
 def bench_pipeline(args: argparse.Namespace) -> list[PipelineRow]:
-    """In-memory and streaming input paths, from a built TFDS dataset into device arrays."""
+    """Cached and read-per-batch sources, from a built TFDS dataset into device arrays."""
     from crnn_jax.charset import Charset
-    from crnn_jax.data import pipeline, readers, streaming
+    from crnn_jax.data import index as index_lib
+    from crnn_jax.data import loader, plan, readers
 
     spec = _pipeline_spec(args)
     source = readers.open_source(spec)
@@ -191,50 +196,48 @@ def bench_pipeline(args: argparse.Namespace) -> list[PipelineRow]:
     rows: list[PipelineRow] = []
     children = resource.RUSAGE_CHILDREN
 
+    def epoch_loader(idx, workers: int, threads: int) -> loader.TrainLoader:
+        idx = idx.merge_up(idx.counts(), args.batch)
+        p = plan.EpochPlan(idx.counts(), args.batch, 0, idx.counts(), spec)
+        return loader.TrainLoader([loader.Feed(source, idx)], p, widths=idx.widths,
+                                  frames=idx.frames, batch_size=args.batch,
+                                  charset=kw["charset"], height=32, num_workers=workers,
+                                  num_threads=threads, prefetch=2)
+
     start, cpu = time.perf_counter(), _cpu()
-    prep = pipeline.prepare(source, **kw)
+    cached = index_lib.build_index(source, cache=True, **kw)
     wall, cpu = time.perf_counter() - start, _cpu() - cpu
-    rows.append(
-        (f"in-memory, prepare ({len(source)} images)", len(source) / wall, len(source) / cpu, 1,
-         "start-up: read + decode + resize all")
-    )
-    counts = pipeline.bucket_counts(prep)
-    prep = pipeline.merge_buckets_up(prep, counts, args.batch)
-    batches = pipeline.TrainBatches(prep, args.batch, 0, pipeline.bucket_counts(prep))
+    rows.append((f"cached, build_index ({len(source)} images)", len(source) / wall,
+                 len(source) / cpu, 1, "start-up: read + decode + resize all"))
+    batches = epoch_loader(cached, 0, 1)
     _to_device(batches.batch(0))  # first transfer outside the timing
     n = args.steps * args.batch
     start, cpu = time.perf_counter(), _cpu()
     for step in range(1, args.steps + 1):
         _to_device(batches.batch(step))
     wall, cpu = time.perf_counter() - start, _cpu() - cpu
-    rows.append((f"in-memory, TrainBatches -> device ({n} images)", n / wall, n / cpu, 1,
+    rows.append((f"cached, batches -> device ({n} images)", n / wall, n / cpu, 1,
                  f"batch {args.batch}"))
 
     start, cpu = time.perf_counter(), _cpu()
-    index = streaming.build_index(source, **kw)
+    headers = index_lib.build_index(source, cache=False, **kw)
     wall, cpu = time.perf_counter() - start, _cpu() - cpu
-    rows.append((f"streaming, build_index ({len(source)} images)", len(source) / wall,
+    rows.append((f"read per batch, build_index ({len(source)} images)", len(source) / wall,
                  len(source) / cpu, 1, "start-up: labels + image headers"))
-    index = index.merge_up(index.counts(), args.batch)
 
-    def stream(workers: int, threads: int) -> streaming.StreamingBatches:
-        return streaming.StreamingBatches(
-            source, index, args.batch, 0, index.counts(), charset=kw["charset"], height=32,
-            num_workers=workers, num_threads=threads, prefetch=2)
-
-    it = stream(0, 2)(0)
+    it = epoch_loader(headers, 0, 2)(0)
     _to_device(next(it))
     start, cpu = time.perf_counter(), _cpu()
     for _ in range(args.steps):
         _to_device(next(it))
     wall, cpu = time.perf_counter() - start, _cpu() - cpu
     it.close()
-    rows.append((f"streaming, in-process, 2 threads -> device ({n} images)", n / wall, n / cpu,
-                 1, "decode + resize per batch"))
+    rows.append((f"read per batch, in-process, 2 threads -> device ({n} images)", n / wall,
+                 n / cpu, 1, "decode + resize per batch"))
 
     k = args.pipeline_workers
     start, cpu = time.perf_counter(), _cpu() + _cpu(children)
-    it = stream(k, 1)(0)
+    it = epoch_loader(headers, k, 1)(0)
     _to_device(next(it))
     # Batches prepared while the workers started would flatter the steady state: drain them.
     buffered = 2 * (k + 1) * 2
@@ -247,11 +250,70 @@ def bench_pipeline(args: argparse.Namespace) -> list[PipelineRow]:
     it.close()
     cpu = _cpu() + _cpu(children) - cpu  # workers have exited: their time is counted
     total = n + (buffered + 1) * args.batch
-    rows.append((f"streaming, {k} worker processes -> device ({n} images)", n / (end - first),
-                 None, k + 1, f"steady state, after {buffered + 1} batches"))
-    rows.append((f"streaming, {k} worker processes, incl. start-up ({total})", total /
+    rows.append((f"read per batch, {k} worker processes -> device ({n} images)",
+                 n / (end - first), None, k + 1, f"steady state, after {buffered + 1} batches"))
+    rows.append((f"read per batch, {k} worker processes, incl. start-up ({total})", total /
                  (end - start), total / cpu if cpu > 0 else None, k + 1,
                  "CPU of parent + workers"))
+    return rows
+
+
+def bench_feed(args: argparse.Namespace) -> list[tuple[str, float, str]]:
+    """Rendered-while-training batches per worker count next to the seed network's training.
+
+    Both are measured in this invocation, one after the other, on this machine: the seed
+    model's jitted train step at --feed_batch images of 32 x 128 (warm, the median of
+    --feed_steps steps), and the loader of ``synth:inf`` with configs/base.py's buckets
+    producing batches of the same size with 0, 1, 2, ... worker processes (steady state:
+    the batches prepared during start-up are drained first). A ratio above 1 means the
+    renderer keeps ahead of training. The loader rows run while nothing trains, so they
+    show what rendering alone can deliver; rendering in workers takes CPU from a step that
+    runs at the same time (see docs/data.md for the end-to-end figures).
+    """
+    import functools
+
+    import jax
+    import numpy as np
+
+    from configs import base
+    from crnn_jax import inputs, sharding, train
+    from crnn_jax.charset import Charset
+
+    config = base.get_config()
+    config.train.batch_size = args.feed_batch
+    config.data.train = "synth:inf,seed=0"
+    charset = Charset()
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    model = train.make_model(config, charset.num_classes)
+    state = jax.jit(functools.partial(train.create_train_state, config, model))(
+        jax.random.key(0))
+    step = jax.jit(train.train_step, donate_argnums=0)
+    loader = inputs.train_loader(config, charset, log=lambda _: None)
+    batch = sharding.to_global(loader.batch(0), mesh)
+    state, m = step(state, batch, jax.random.key(1))  # compile
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(args.feed_steps):
+        start = time.perf_counter()
+        state, m = step(state, batch, jax.random.key(1))
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - start)
+    train_rate = args.feed_batch / float(np.median(times))
+    rows = [("seed network, train step (images/s)", train_rate,
+             f"batch {args.feed_batch} x 32 x 128, median of {args.feed_steps} steps")]
+    for workers in args.feed_workers:
+        config.data.num_workers = workers
+        it = inputs.train_loader(config, charset, log=lambda _: None)(0)
+        for _ in range(2 * max(workers, 1) + 1):  # start-up and what it prepared meanwhile
+            next(it)
+        count = max(4, args.feed_steps)
+        start = time.perf_counter()
+        for _ in range(count):
+            next(it)
+        rate = count * args.feed_batch / (time.perf_counter() - start)
+        it.close()
+        rows.append((f"synth:inf rendered, {workers} worker(s) (images/s)", rate,
+                     f"{rate / train_rate:.1f}x the training rate"))
     return rows
 
 
@@ -275,7 +337,11 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=5000, help="cold images before the warm run")
     p.add_argument("--workers", type=int, default=2, help="worker processes for render_range")
     p.add_argument("--no_trdg", action="store_true", help="skip the trdg comparison")
-    p.add_argument("--section", choices=("render", "pipeline", "all"), default="all")
+    p.add_argument("--section", choices=("render", "pipeline", "feed", "all"), default="all")
+    p.add_argument("--feed_batch", type=int, default=64, help="images per step (feed section)")
+    p.add_argument("--feed_steps", type=int, default=5, help="timed steps (feed section)")
+    p.add_argument("--feed_workers", type=int, nargs="+", default=[0, 1, 2],
+                   help="worker counts to measure (feed section)")
     p.add_argument("--pipeline_spec", default=None,
                    help="tfds:... spec to read (default: build synth_words in --pipeline_dir)")
     p.add_argument("--pipeline_dir", default="/tmp/crnn_jax_bench_tfds",
@@ -319,6 +385,11 @@ def main(argv=None) -> None:
         rows = bench_pipeline(args)
         print(f"  ran {bench_pipeline.__name__}", file=sys.stderr, flush=True)
         print_pipeline_table(rows)
+    if args.section in ("feed", "all"):
+        rows = bench_feed(args)
+        print(f"{'feed benchmark':52s} {'images/s':>8s}  note")
+        for name, rate, note in rows:
+            print(f"{name:52s} {rate:8.1f}  {note}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

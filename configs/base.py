@@ -35,10 +35,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.case_fold = False
 
   config.data = ml_collections.ConfigDict()
-  # Training data spec: synth:N[,seed=S], tsv:PATH, tfds:NAME[/CONFIG][:SPLIT], mjsynth:PATH,
-  # lmdb:PATH (see crnn_jax/data/readers.py and docs/data.md).
+  # Training data: one spec (synth:N|inf[,seed=S][,difficulty=D], tsv:PATH, tfds:NAME,
+  # mjsynth:PATH, lmdb:PATH) or a mixture 'SPEC @ W | SPEC @ W' (docs/data.md). synth:
+  # words are rendered in the worker processes as batches need them.
   config.data.train = "synth:135000,seed=0"
-  # Validation data spec; evaluated in full (the last batch is padded, not dropped).
+  # Validation data: one spec or several separated by '|', each evaluated and reported on
+  # its own, in full (the last batch is padded, not dropped).
   config.data.eval = "synth:15000,seed=1"
   # Width buckets (multiples of 4); images keep their aspect ratio up to the widest.
   config.data.width_buckets = (128, 256)
@@ -46,11 +48,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.resize_mode = "pad"
   # Labels with characters outside the charset: 'skip' (counted, reported) or 'error'.
   config.data.unknown_chars = "skip"
-  # Read training images per batch instead of into memory (sets larger than RAM, e.g.
-  # MJSynth): one pass over labels and image headers, then reads in worker processes.
-  config.data.streaming = False
-  # Worker processes preparing training batches ahead of the step when data.streaming is on.
+  # Worker processes preparing training batches (reading, rendering, augmenting) ahead of
+  # the step; 0 prepares them in the training process.
   config.data.num_workers = 2
+  # Augmentation strength in [0, 1] for every training example, real or rendered
+  # (crnn_jax/data/augment.py); 0 (the seed's behaviour) turns it off.
+  config.data.augment = 0.0
 
   config.optim = ml_collections.ConfigDict()
   # adam (seed), adamw or rmsprop.
@@ -83,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.every_steps = 1000
   # Global evaluation batch size.
   config.eval.batch_size = 256
+  # The evaluation set whose word accuracy picks the best checkpoint (its name as printed
+  # in the eval lines), or 'mean' for the mean over all sets.
+  config.eval.best_set = "mean"
   # Sample predictions printed and drawn into the TensorBoard image.
   config.eval.num_samples = 16
 

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from crnn_jax import metrics
-from crnn_jax.data import pipeline, readers
+from crnn_jax.data import labels as labels_lib
+from crnn_jax.data import readers
 from crnn_jax.recognizer import Recognizer
 
 # The numbers of one dataset, in the order they are printed.
@@ -64,7 +65,7 @@ class DatasetResult:
   """
   spec: str
   metrics: dict
-  report: pipeline.DataReport
+  report: labels_lib.DataReport
   unknown_labels: int = 0
   mistakes: list = dataclasses.field(default_factory=list)
 
@@ -83,7 +84,7 @@ def evaluate_source(recognizer: Recognizer, source: readers.Source, *, num_mista
     a ``DatasetResult``. ``images_per_s`` counts preprocessing, the model and
     decoding, not reading files nor compilation (``warmup`` runs first).
   """
-  report = pipeline.DataReport(source.spec, total=len(source))
+  report = labels_lib.DataReport(source.spec, total=len(source))
   charset = recognizer.charset
   total = np.zeros(len(metrics.FIELDS))
   unknown, seconds, worst, counter = 0, 0.0, [], 0

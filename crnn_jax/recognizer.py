@@ -32,7 +32,7 @@ from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
 from crnn_jax import decode as decode_lib
 from crnn_jax import models
-from crnn_jax.data import preprocess
+from crnn_jax.data import batching, preprocess
 
 DECODE_METHODS = ("greedy", "beam", "lexicon")
 
@@ -268,13 +268,9 @@ class Recognizer:
     for width, rows in sorted(by_bucket.items()):
       for start in range(0, len(rows), self.batch_size):
         chunk = rows[start:start + self.batch_size]
-        images = np.zeros((self.batch_size, self.height, width), np.uint8)
-        widths = np.zeros((self.batch_size,), np.int32)
-        for j, i in enumerate(chunk):
-          images[j, :, :arrays[i].shape[1]] = arrays[i]
-          widths[j] = arrays[i].shape[1]
+        batch = batching.assemble([arrays[i] for i in chunk], width, self.batch_size)
         tokens, lengths, scores = jax.device_get(
-            self._fn(self.variables, images, widths, self.trie))
+            self._fn(self.variables, batch["images"], batch["widths"], self.trie))
         for j, i in enumerate(chunk):
           out[i] = self._hypotheses(tokens[j], lengths[j], scores[j])
     return out

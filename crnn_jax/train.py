@@ -24,8 +24,8 @@ from flax.training import train_state
 
 from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
-from crnn_jax import losses, metrics, models, sharding
-from crnn_jax.data import pipeline, readers
+from crnn_jax import inputs, losses, metrics, models, sharding
+from crnn_jax.data import batching
 
 
 class TrainState(train_state.TrainState):
@@ -164,38 +164,6 @@ def _log(msg: str):
     print(msg, flush=True)
 
 
-def _load(spec: str, config, charset, *, what: str) -> pipeline.Prepared:
-  t0 = time.time()
-  source = readers.open_source(spec, height=config.model.height,
-                               charset=charset.chars if spec.startswith("synth:") else None)
-  prep = pipeline.prepare(
-      source, charset=charset, height=config.model.height,
-      width_buckets=config.data.width_buckets, resize_mode=config.data.resize_mode,
-      unknown_chars=config.data.unknown_chars, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  usable = int(sharding.allgather(prep.report.usable).sum())
-  total = int(sharding.allgather(prep.report.total).sum())
-  _log(f"{what} data: {prep.report.describe()}"
-       + (f" [this process; {usable} of {total} over all]" if jax.process_count() > 1 else "")
-       + f" ({time.time() - t0:.1f}s)")
-  pipeline.check_usable(prep.report, usable)
-  return prep
-
-
-def _in_memory_batches(config, charset) -> pipeline.TrainBatches:
-  """Reads this process's share of data.train into memory and batches it by width."""
-  prep = _load(config.data.train, config, charset, what="train")
-  per_host = config.train.batch_size // jax.process_count()
-  counts = sharding.allgather(pipeline.bucket_counts(prep)).min(axis=0)
-  prep = pipeline.merge_buckets_up(prep, counts, per_host)
-  batches = pipeline.TrainBatches(prep, per_host, config.train.seed,
-                                  sharding.allgather(pipeline.bucket_counts(prep)).min(axis=0))
-  _log(f"train buckets (width: examples): "
-       + ", ".join(f"{b.width}: {len(b)}" for b in prep.buckets)
-       + f"; {batches.steps_per_epoch} steps per epoch")
-  return batches
-
-
 def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
   """Checks derived constraints once, raising ValueError that says what to change."""
   sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
@@ -247,20 +215,21 @@ def _meta(config, charset, state) -> dict:
   }
 
 
-def evaluate(eval_fn: Callable, state: TrainState, prep: pipeline.Prepared,
-             charset: charset_lib.Charset, mesh, global_batch: int,
+def evaluate(eval_fn: Callable, state: TrainState, eval_set: inputs.EvalSet,
+             charset: charset_lib.Charset, mesh, global_batch: int, height: int,
              num_samples: int = 0) -> tuple[dict, list]:
-  """Greedy-decoded metrics over every example of ``prep`` (all processes together).
+  """Greedy-decoded metrics over every example of one evaluation set (all processes together).
 
   Returns:
     (metrics dict from ``metrics.summarize`` plus ``loss``, samples list of
     (image uint8 (H, W), truth, prediction) from this process).
   """
   per_host = global_batch // jax.process_count()
-  counts = sharding.allgather([-(-len(b) // per_host) for b in prep.buckets]).max(axis=0)
+  idx = eval_set.index
+  counts = sharding.allgather([-(-len(m) // per_host) for m in idx.members]).max(axis=0)
   total = np.zeros(len(metrics.FIELDS))
   loss_sum, loss_count, samples = 0.0, 0, []
-  for host_batch, texts, _ in pipeline.eval_batches(prep, per_host, counts):
+  for host_batch, texts, _ in batching.eval_batches(idx, per_host, height, counts):
     out = eval_fn(state, sharding.to_global(host_batch, mesh))
     best = sharding.local_rows(out["best"])
     pads = sharding.local_rows(out["logit_paddings"])
@@ -279,6 +248,21 @@ def evaluate(eval_fn: Callable, state: TrainState, prep: pipeline.Prepared,
   return result, samples
 
 
+def select_best(results: dict, best_set: str) -> float:
+  """The number the best checkpoint is chosen by: word accuracy of ``best_set``, or
+  (``'mean'``) the mean word accuracy of every evaluation set.
+
+  Raises:
+    ValueError: if ``best_set`` names no evaluation set.
+  """
+  if best_set == "mean":
+    return float(np.mean([r["word_acc"] for r in results.values()]))
+  if best_set not in results:
+    raise ValueError(f"eval.best_set {best_set!r} is not 'mean' nor one of the evaluation "
+                     f"sets {sorted(results)}.")
+  return float(results[best_set]["word_acc"])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if any.
 
@@ -294,12 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} over "
        f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank")
 
-  if config.data.streaming:
-    from crnn_jax.data import streaming
-    batches = streaming.train_batches(config, charset, log=_log)
-  else:
-    batches = _in_memory_batches(config, charset)
-  eval_prep = _load(config.data.eval, config, charset, what="eval")
+  eval_sets = inputs.EvalSets(config, charset, log=_log)  # prepared in the background
+  batches = inputs.train_loader(config, charset, log=_log)
 
   rng = jax.random.key(config.train.seed)
   init_rng, step_rng = jax.random.split(rng)
@@ -340,11 +320,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with _StopRequested() as stop:
     t_log, n_log = time.time(), 0
     t_start = time.time()
-    train_iter = batches(start)  # streaming: worker processes start reading ahead here
+    member_names = inputs.member_names([f.source.spec for f in batches.feeds])
+    member_rows = np.zeros(len(member_names))
+    train_iter = batches(start)  # worker processes start preparing batches here
     for step in range(start, num_steps):
       host_batch = next(train_iter)
       state, m = p_train(state, sharding.to_global(host_batch, mesh), step_rng)
       n_log += config.train.batch_size
+      if writer:
+        member_rows += batches.member_counts(step)
       done = step + 1
       if done % config.train.log_every_steps == 0 or done == num_steps or done == start + 1:
         m = jax.device_get(m)
@@ -356,24 +340,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              f"ETA {_hms(eta)}  lr {lr:.2e}  masked {int(m['num_infeasible'])}"
              + ("  (includes compile)" if done == start + 1 else ""))
         if writer:
+          shares = member_rows / max(member_rows.sum(), 1)
           writer.scalars(done, {"train/loss": m["loss"], "train/learning_rate": lr,
                                 "train/masked_examples": m["num_infeasible"],
-                                "train/grad_norm": m["grad_norm"], "train/images_per_s": ips})
+                                "train/grad_norm": m["grad_norm"], "train/images_per_s": ips,
+                                **{f"train/share/{n}": v for n, v in zip(member_names, shares)}})
+        member_rows = np.zeros(len(member_names))
         t_log, n_log = time.time(), 0
       last = done == num_steps
       if done % config.eval.every_steps == 0 or last:
-        result, samples = evaluate(p_eval, state, eval_prep, charset, mesh,
-                                   config.eval.batch_size, config.eval.num_samples)
-        _log(f"eval at step {done}: word_acc {result['word_acc']:.4f}  "
-             f"word_acc_ci {result['word_acc_ci']:.4f}  cer {result['cer']:.4f}  "
-             f"loss {result['loss']:.4f}  (n={result['n']})")
-        hint = metrics.empty_hint(result)
-        if hint:
-          _log("note: " + hint)
+        results, samples = {}, []
+        for eval_set in eval_sets.get():
+          r, s = evaluate(p_eval, state, eval_set, charset, mesh, config.eval.batch_size,
+                          config.model.height, config.eval.num_samples)
+          results[eval_set.name] = r
+          samples = samples or s
+          _log(f"eval at step {done} [{eval_set.name}]: word_acc {r['word_acc']:.4f}  "
+               f"word_acc_ci {r['word_acc_ci']:.4f}  cer {r['cer']:.4f}  "
+               f"loss {r['loss']:.4f}  (n={r['n']})")
+          hint = metrics.empty_hint(r)
+          if hint:
+            _log("note: " + hint)
+          if writer:
+            prefix = "eval" if len(eval_sets.names) == 1 else f"eval/{eval_set.name}"
+            writer.scalars(done, {f"{prefix}/{k}": v for k, v in r.items() if k != "n"})
+        selected = select_best(results, config.eval.best_set)
+        if len(results) > 1:
+          _log(f"eval at step {done}: best-checkpoint metric ({config.eval.best_set} word "
+               f"accuracy) {selected:.4f}")
+        result = dict(results[eval_sets.names[0]], sets=results)
         if writer:
-          writer.scalars(done, {f"eval/{k}": v for k, v in result.items() if k != "n"})
+          writer.scalars(done, {"eval/selected_word_acc": selected})
           writer.samples(done, samples)
-        ckpts.save_best(done, state, meta, result)
+        ckpts.save_best(done, state, meta, {"word_acc": selected})
         t_log, n_log = time.time(), 0
       if done % config.checkpoint.every_steps == 0 or last or stop.signum is not None:
         ckpts.save(done, state, meta, force=True)
@@ -397,9 +396,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if writer:
     writer.close()
   if result and stop.signum is None:
-    _log(f"Finished {num_steps} steps in {_hms(time.time() - t_start)}. Validation "
-         f"({config.data.eval}, n={result['n']}): word accuracy {result['word_acc']:.4f}, "
-         f"case-insensitive {result['word_acc_ci']:.4f}, CER {result['cer']:.4f}.")
+    _log(f"Finished {num_steps} steps in {_hms(time.time() - t_start)}.")
+    for name, r in result["sets"].items():
+      _log(f"Validation [{name}] (n={r['n']}): word accuracy {r['word_acc']:.4f}, "
+           f"case-insensitive {r['word_acc_ci']:.4f}, CER {r['cer']:.4f}.")
     _log("Sample predictions (truth -> prediction):")
     for _, truth, pred in samples[:config.eval.num_samples]:
       _log(f"  {'ok ' if truth == pred else 'ERR'} {truth!r:>24} -> {pred!r}")

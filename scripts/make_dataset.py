@@ -125,6 +125,9 @@ def main(argv=None) -> None:
         sheet.save(path)
         print(f"contact sheet: {path}")
     data_dir = os.path.dirname(os.path.dirname(os.path.dirname(builder.data_dir)))
+    print(f"train on it with: python scripts/train.py --config configs/base.py --workdir W "
+          f"--config.data.train=tfds:{name}:train,data_dir={data_dir} "
+          f"--config.data.eval=tfds:{name}:validation,data_dir={data_dir}")
     print(f"read with: tfds.builder('{name}', data_dir='{data_dir}').as_data_source('train')")
 
 

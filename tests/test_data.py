@@ -7,7 +7,7 @@ from PIL import Image
 
 from crnn_jax import models
 from crnn_jax.charset import Charset
-from crnn_jax.data import pipeline, preprocess, readers
+from crnn_jax.data import batching, index, labels, plan, preprocess, readers
 
 from helpers import real
 
@@ -15,11 +15,18 @@ SVT = real("svt_train")
 
 
 def _prepare(spec_or_source, **kw):
+  """A cached index (images preprocessed in memory), as evaluation sets and small sets get."""
   source = readers.open_source(spec_or_source) if isinstance(spec_or_source, str) else (
       spec_or_source)
-  args = dict(charset=Charset(), height=32, width_buckets=(64, 128, 256))
+  args = dict(charset=Charset(), height=32, width_buckets=(64, 128, 256), cache=True)
   args.update(kw)
-  return pipeline.prepare(source, **args)
+  return index.build_index(source, **args)
+
+
+def _images(idx):
+  """(image, text) of every cached example, bucket by bucket."""
+  return [(idx.cache[int(i)].image, idx.cache[int(i)].text)
+          for members in idx.members for i in members]
 
 
 def test_tsv_reader_on_real_svt_odd_sizes_and_colour_jpegs():
@@ -33,11 +40,13 @@ def test_tsv_reader_on_real_svt_odd_sizes_and_colour_jpegs():
   # Seven SVT labels hold an apostrophe, which the default charset lacks.
   assert report.skipped == {"unknown_chars": 7} and report.usable == 250
   assert "'" in report.describe() and "svt_train" in report.describe()
-  for b in prep.buckets:
-    assert b.images.shape[1:] == (32, b.width) and b.images.dtype == np.uint8
-    assert (b.widths <= b.width).all() and (b.widths >= preprocess.MIN_WIDTH).all()
-  widths = np.concatenate([b.widths for b in prep.buckets])
-  assert len(set(widths.tolist())) > 20  # aspect ratio kept, not one fixed size
+  for width, members in zip(prep.widths, prep.members):
+    for i in members:
+      img = prep.cache[int(i)].image
+      assert img.shape[0] == 32 and img.dtype == np.uint8
+      assert preprocess.MIN_WIDTH <= img.shape[1] <= width
+  widths = [img.shape[1] for img, _ in _images(prep)]
+  assert len(set(widths)) > 20  # aspect ratio kept, not one fixed size
 
 
 def _folder_with_problems(tmp_path):
@@ -70,7 +79,7 @@ def test_missing_and_corrupt_files_are_skipped_counted_and_named(tmp_path):
                        "empty_label": 1}
   text = r.describe()
   assert "not_there.jpg" in text and "bad.png" in text and "trunc.jpg" in text
-  assert sorted(t for b in prep.buckets for t in b.texts) == [f"WORD{i}" for i in range(6)]
+  assert sorted(t for _, t in _images(prep)) == [f"WORD{i}" for i in range(6)]
 
 
 def test_empty_or_unusable_dataset_is_a_clear_error(tmp_path):
@@ -81,12 +90,12 @@ def test_empty_or_unusable_dataset_is_a_clear_error(tmp_path):
   (tmp_path / "labels.tsv").write_text("")
   prep = _prepare(f"tsv:{tmp_path}")
   with pytest.raises(ValueError, match=r"0 of 0 examples usable"):
-    pipeline.check_usable(prep.report)
+    labels.check_usable(prep.report)
   # All labels use characters the charset lacks.
   prep = _prepare("tsv:" + real("captcha_digits"), charset=Charset("abc"))
   with pytest.raises(ValueError, match=r"(?s)0 of 2000 examples usable.*2000 +labels with "
                                        r"characters outside the charset.*captcha_digits"):
-    pipeline.check_usable(prep.report)
+    labels.check_usable(prep.report)
 
 
 def test_unknown_chars_error_mode_names_character():
@@ -104,14 +113,14 @@ def test_long_labels_fit_or_are_reported(tmp_path):
   prep = _prepare(f"tsv:{folder}")
   assert prep.report.usable == 1 and prep.report.skipped == {"label_too_long": 1}
   assert "width 256" in prep.report.describe()
-  (b,) = [b for b in prep.buckets if len(b)]
-  assert int(models.num_frames(b.widths[0])) >= 40  # widened to give the label its frames
+  ((img, _),) = _images(prep)
+  assert int(models.num_frames(img.shape[1])) >= 40  # widened to give the label its frames
 
 
 def test_stretch_mode_is_the_seed_resize():
   prep = _prepare("tsv:" + SVT, resize_mode="stretch", width_buckets=(128,))
-  (b,) = prep.buckets
-  assert b.images.shape[1:] == (32, 128) and (b.widths == 128).all()
+  assert prep.widths == [128]
+  assert {img.shape for img, _ in _images(prep)} == {(32, 128)}
 
 
 def test_preprocess_accepts_arrays_pil_and_alpha():
@@ -136,62 +145,85 @@ def test_spec_errors_name_the_spec():
     readers.open_source("synth:10,colour=red")
 
 
-def _train_prep():
+def _epoch_plan(seed):
   prep = _prepare("tsv:" + SVT)
-  return pipeline.merge_buckets_up(prep, pipeline.bucket_counts(prep), 8)
+  prep = prep.merge_up(prep.counts(), 8)
+  return prep, plan.EpochPlan(prep.counts(), 8, seed, prep.counts(), "svt")
 
 
-def test_train_batches_are_a_pure_function_of_step():
-  prep = _train_prep()
-  counts = pipeline.bucket_counts(prep)
-  a = pipeline.TrainBatches(prep, 8, seed=3, counts=counts)
-  b = pipeline.TrainBatches(prep, 8, seed=3, counts=counts)
-  c = pipeline.TrainBatches(prep, 8, seed=4, counts=counts)
+def test_epoch_plan_is_a_pure_function_of_step():
+  _, a = _epoch_plan(3)
+  _, b = _epoch_plan(3)
+  _, c = _epoch_plan(4)
   steps = [0, 5, a.steps_per_epoch + 2, 3 * a.steps_per_epoch - 1]
-  for s in reversed(steps):  # any access order
-    for key in ("images", "labels", "widths", "label_paddings"):
-      np.testing.assert_array_equal(a.batch(s)[key], b.batch(s)[key])
-  assert not np.array_equal(a.batch(0)["labels"], c.batch(0)["labels"])
-  # Resuming mid-epoch at step 7 sees the same stream as an uninterrupted run.
-  it_full, it_resumed = a(0), b(7)
-  full = [next(it_full) for _ in range(12)]
-  for s in range(7, 12):
-    np.testing.assert_array_equal(full[s]["labels"], next(it_resumed)["labels"])
+  for s in reversed(steps):  # any access order, on a fresh plan
+    x, y = a.slots(s), b.slots(s)
+    assert x.bucket == y.bucket
+    np.testing.assert_array_equal(x.refs, y.refs)
+  assert not np.array_equal(a.slots(0).refs, c.slots(0).refs)
 
 
 def test_an_epoch_visits_each_example_at_most_once_and_widths_never_mix():
-  prep = _train_prep()
-  tb = pipeline.TrainBatches(prep, 8, seed=0, counts=pipeline.bucket_counts(prep))
-  seen = []
-  for s in range(tb.steps_per_epoch):
-    batch = tb.batch(s)
-    assert batch["images"].shape[0] == 8
-    seen.extend(map(bytes, batch["images"].reshape(8, -1)))
-  assert len(set(seen)) == len(seen)
-  assert tb.steps_per_epoch == sum(len(b) // 8 for b in prep.buckets)
+  prep, p = _epoch_plan(0)
+  seen = set()
+  for s in range(p.steps_per_epoch):
+    slots = p.slots(s)
+    rows = [int(i) for i in prep.members[slots.bucket][slots.refs]]
+    assert len(rows) == 8 and not seen & set(rows)
+    seen |= set(rows)
+  assert p.steps_per_epoch == sum(len(m) // 8 for m in prep.members)
 
 
 def test_eval_batches_cover_every_example_once():
   prep = _prepare("tsv:" + SVT)
   texts, rows = [], 0
-  for batch, t, _ in pipeline.eval_batches(prep, 32):
+  for batch, t, _ in batching.eval_batches(prep, 32, 32):
     assert batch["images"].shape[0] == 32
     assert int(batch["mask"].sum()) == len(t)
+    assert (batch["widths"][len(t):] == 0).all()
     texts += t
     rows += 32
-  assert sorted(texts) == sorted(t for b in prep.buckets for t in b.texts)
+  assert sorted(texts) == sorted(t for _, t in _images(prep))
   assert len(texts) == 250 and rows > 250  # last batch of each bucket padded, not dropped
 
 
 def test_bucket_merging_fills_batches():
   prep = _prepare("tsv:" + SVT)
-  counts = pipeline.bucket_counts(prep)
-  merged = pipeline.merge_buckets_up(prep, counts, int(counts[0]) + 1)
-  assert [b.width for b in merged.buckets] == [128, 256]
+  counts = prep.counts()
+  merged = prep.merge_up(counts, int(counts[0]) + 1)
+  assert merged.widths == [128, 256]
   assert len(merged) == len(prep)
+  assert sorted(np.concatenate(merged.members)) == sorted(np.concatenate(prep.members))
 
 
 def test_process_shards_are_disjoint_and_complete():
   n = 257
-  parts = [pipeline.shard_range(n, i, 3) for i in range(3)]
+  parts = [index.shard_range(n, i, 3) for i in range(3)]
   assert sorted(x for p in parts for x in p) == list(range(n))
+
+
+def test_tsv_include_and_exclude_split_a_folder(tmp_path):
+  names = [line.split("\t")[0] for line in open(os.path.join(SVT, "labels.tsv"))]
+  (tmp_path / "val.txt").write_text("# a comment\n" + "\n".join(names[:10]) + "\n")
+  val = readers.open_source(f"tsv:{SVT},include={tmp_path}/val.txt")
+  train = readers.open_source(f"tsv:{SVT},exclude={tmp_path}/val.txt")
+  assert len(val) == 10 and len(train) == len(names) - 10
+  keys = {val.read(i)[2] for i in range(10)} | {train.read(i)[2] for i in range(len(train))}
+  assert len(keys) == len(names)  # together exactly the folder, no overlap
+  (tmp_path / "other.txt").write_text("images/not_in_svt.jpg\n")
+  with pytest.raises(ValueError, match="not in labels.tsv"):
+    readers.open_source(f"tsv:{SVT},include={tmp_path}/other.txt")
+  with pytest.raises(ValueError, match="does not exist"):
+    readers.open_source(f"tsv:{SVT},exclude={tmp_path}/missing.txt")
+  with pytest.raises(ValueError, match="unknown option"):
+    readers.open_source(f"tsv:{SVT},only={tmp_path}/val.txt")
+
+
+def test_label_check_gives_ids_or_a_reason():
+  cs = Charset()
+  assert labels.check_label("ab", cs, 5) == cs.encode("ab")
+  assert labels.check_label("", cs, 5)[0] == "empty_label"
+  assert labels.check_label("a-b", cs, 5)[0] == "unknown_chars"
+  assert labels.check_label("aab", cs, 3)[0] == "label_too_long"  # a, blank, a, b: 4 frames
+  assert labels.check_label("aab", cs, 4) == cs.encode("aab")
+  assert labels.required_frames([1, 1, 1, 2]) == 6

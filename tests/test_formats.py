@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from crnn_jax.charset import Charset
-from crnn_jax.data import formats, pipeline, readers
+from crnn_jax.data import formats, index, readers
 
 BUCKETS = (64, 128)
 
@@ -25,9 +25,14 @@ def _word_image(text: str, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
 
 
 def _prepare(source, **kw):
-  args = dict(charset=Charset(), height=32, width_buckets=BUCKETS)
+  args = dict(charset=Charset(), height=32, width_buckets=BUCKETS, cache=True)
   args.update(kw)
-  return pipeline.prepare(source, **args)
+  return index.build_index(source, **args)
+
+
+def _cached(prep, field):
+  """``field`` ('text' or 'key') of every cached example."""
+  return [getattr(c, field) for c in prep.cache.values()]
 
 
 # ----------------------------------------------------------------------------
@@ -90,7 +95,7 @@ def test_mjsynth_reads_the_tree_and_reports_every_problem(mjsynth_tree):
   for name in ("192_whittier_86389.jpg", "known unreadable", "3_truncated_5.jpg",
                "404_missing_5.jpg", "dash-word", "noparts.jpg"):
     assert name in text, name
-  labels = sorted(t for b in prep.buckets for t in b.texts)
+  labels = sorted(_cached(prep, 'text'))
   assert labels == sorted(formats.mjsynth_label(p) for p in MJ_GOOD)
 
 
@@ -167,7 +172,7 @@ def test_lmdb_reads_dtrb_layout_and_reports_bad_records(lmdb_path):
   assert prep.report.skipped == {"corrupt_image": 1, "missing_file": 1, "unknown_chars": 1}
   text = prep.report.describe()
   assert "#000000009" in text and "image-000000010" in text and "café" in text
-  assert sorted(t for b in prep.buckets for t in b.texts) == sorted(LMDB_WORDS)
+  assert sorted(_cached(prep, 'text')) == sorted(LMDB_WORDS)
   # Picklable for worker processes: the environment is re-opened there.
   assert pickle.loads(pickle.dumps(source)).read(0)[1] == "street"
 
@@ -245,16 +250,19 @@ def test_tfds_errors_name_the_problem_and_the_fix(tfds_dir, tmp_path):
     readers.open_source(f"tfds:{SYNTH_NAME}:dev,data_dir={tfds_dir}")
   with pytest.raises(ValueError, match="no label feature 'text'"):
     readers.open_source(f"tfds:{SYNTH_NAME}:train,data_dir={tfds_dir},label=text")
+  # Just built, named without its config: the error lists the exact spec to use.
+  with pytest.raises(ValueError, match=f"name a config.*tfds:{SYNTH_NAME}:train,data_dir="):
+    readers.open_source(f"tfds:synth_words:train,data_dir={tfds_dir}")
 
 
 def test_two_processes_read_disjoint_shards_that_cover_the_dataset(tfds_dir, lmdb_path):
   for spec in (f"tfds:{SYNTH_NAME}:train,data_dir={tfds_dir}", f"lmdb:{lmdb_path}"):
     source = readers.open_source(spec)
     shards = [_prepare(source, process_index=p, process_count=2) for p in range(2)]
-    keys = [{k for b in prep.buckets for k in b.keys} for prep in shards]
+    keys = [set(_cached(prep, 'key')) for prep in shards]
     assert keys[0] and keys[1] and not keys[0] & keys[1]
     whole = _prepare(source)
-    assert keys[0] | keys[1] == {k for b in whole.buckets for k in b.keys}
+    assert keys[0] | keys[1] == set(_cached(whole, 'key'))
     assert sum(s.report.total for s in shards) == len(source)
 
 

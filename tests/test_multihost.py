@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from crnn_jax import checkpoints, sharding, train
-from crnn_jax.data import pipeline, readers
+from crnn_jax.data import index, loader, plan, readers
 
 from helpers import REPO, real, tiny_config
 
@@ -94,14 +94,18 @@ def _reference_params(config):
   """1 process x 8 devices, fed the global batches the two processes build together."""
   charset = train.make_charset(config)
   source = readers.open_source(config.data.train)
-  preps = [pipeline.prepare(source, charset=charset, height=32,
+  idxs = [index.build_index(source, charset=charset, height=32,
                             width_buckets=config.data.width_buckets, process_index=i,
                             process_count=2) for i in range(2)]
   per_host = config.train.batch_size // 2
-  counts = np.min([pipeline.bucket_counts(p) for p in preps], axis=0)
-  preps = [pipeline.merge_buckets_up(p, counts, per_host) for p in preps]
-  counts = np.min([pipeline.bucket_counts(p) for p in preps], axis=0)
-  streams = [pipeline.TrainBatches(p, per_host, config.train.seed, counts) for p in preps]
+  counts = np.min([x.counts() for x in idxs], axis=0)
+  idxs = [x.merge_up(counts, per_host) for x in idxs]
+  counts = np.min([x.counts() for x in idxs], axis=0)
+  streams = [loader.TrainLoader(
+      [loader.Feed(source, x)], plan.EpochPlan(x.counts(), per_host, config.train.seed, counts,
+                                               source.spec),
+      widths=x.widths, frames=x.frames, batch_size=per_host, charset=charset, height=32,
+      seed=config.train.seed, process_index=i) for i, x in enumerate(idxs)]
 
   mesh = sharding.make_mesh()
   assert mesh.devices.size == 8

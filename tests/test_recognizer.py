@@ -14,7 +14,7 @@ from PIL import Image
 
 from crnn_jax import charset as charset_lib
 from crnn_jax import decode, recognizer as recognizer_lib
-from crnn_jax.data import pipeline, readers
+from crnn_jax.data import index, readers
 from crnn_jax.recognizer import Recognizer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -105,16 +105,17 @@ def test_preprocessing_is_the_training_pipeline(recognizer, tmp_path):
   """Real photos: the arrays the recognizer feeds equal those training batches hold."""
   lines = tiny_model.read_labels("svt_train")[:12]
   spec = tiny_model.write_tsv(str(tmp_path), "svt_train", lines)
-  prep = pipeline.prepare(readers.open_source(spec), charset=recognizer.charset, height=32,
+  idx = index.build_index(readers.open_source(spec), charset=recognizer.charset, height=32,
                           width_buckets=recognizer.width_buckets)
   checked = 0
-  for bucket in prep.buckets:
-    for image, width, key in zip(bucket.images, bucket.widths, bucket.keys):
-      mine = recognizer.preprocess(recognizer_lib.read_image(key))
-      if mine.shape[1] != width:
+  for width, members in zip(idx.widths, idx.members):
+    for i in members:
+      cached = idx.cache[int(i)]
+      mine = recognizer.preprocess(recognizer_lib.read_image(cached.key))
+      if mine.shape[1] != cached.image.shape[1]:
         continue  # widened in training to fit its label's length
-      np.testing.assert_array_equal(mine, image[:, :width])
-      assert recognizer.bucket_of(mine.shape[1]) == bucket.width
+      np.testing.assert_array_equal(mine, cached.image)
+      assert recognizer.bucket_of(mine.shape[1]) == width
       checked += 1
   assert checked >= 10
 

@@ -11,16 +11,19 @@ import numpy as np
 import pytest
 
 from crnn_jax import checkpoints, sharding, train
-from crnn_jax.data import pipeline, readers
+from crnn_jax.data import batching, index, readers
 
 from helpers import REPO, real, tiny_config
 
 
 def _batch(config, n=16, seed=0):
   charset = train.make_charset(config)
-  prep = pipeline.prepare(readers.open_source("tsv:" + real("svt_train")), charset=charset,
+  idx = index.build_index(readers.open_source("tsv:" + real("svt_train")), charset=charset,
                           height=32, width_buckets=(128,))
-  return pipeline.TrainBatches(prep, n, seed, pipeline.bucket_counts(prep)).batch(0)
+  rows = np.random.default_rng(seed).permutation(idx.members[0])[:n]
+  cached = [idx.cache[int(i)] for i in rows]
+  return batching.assemble([c.image for c in cached], 128, n, labels=[c.ids for c in cached],
+                           frames=idx.frames[0])
 
 
 def _state(config, mesh):

@@ -1,9 +1,9 @@
 """Sources for the datasets users bring: MJSynth trees, LMDB word sets, built TFDS datasets.
 
 Each class here is a ``readers.Source`` (random access, ``read(i) -> (image, text, key)``,
-``BadExample`` for one unusable example), so ``pipeline.prepare`` and the streaming path
+``BadExample`` for one unusable example), so the data path (``index``, ``loader``)
 take them like ``tsv:`` and ``synth:``. They add ``probe(i) -> (width, height, text, key)``:
-the image size from the file header alone, which the streaming path uses to bucket by
+the image size from the file header alone, which ``index.build_index`` uses to bucket by
 width without decoding pixels.
 
 Spec strings (``readers.open_source`` dispatches them here):
@@ -396,6 +396,17 @@ def _register_builders(name: str):
     from crnn_jax.data import tfds_builders  # noqa: F401
 
 
+def _built_configs(name: str, data_dir: str) -> list:
+  """Configs of dataset ``name`` with a built version (``dataset_info.json``) in ``data_dir``."""
+  root = os.path.join(data_dir, name)
+  if not os.path.isdir(root):
+    return []
+  return sorted(c for c in os.listdir(root) if any(
+      os.path.isfile(os.path.join(root, c, v, "dataset_info.json"))
+      for v in (os.listdir(os.path.join(root, c)) if os.path.isdir(os.path.join(root, c))
+                else ())))
+
+
 class TfdsSource(readers.Source):
   """One split of a built TFDS dataset, through ``as_data_source`` (random access, no TF).
 
@@ -433,6 +444,14 @@ class TfdsSource(readers.Source):
     except ValueError as e:  # unknown config and the like
       raise ValueError(f"Dataset {self.spec}: {e}") from None
     if not builder.is_prepared():
+      built = _built_configs(name, os.path.dirname(os.path.dirname(os.path.dirname(
+          builder.data_dir))))
+      if "/" not in name and built:
+        raise ValueError(
+            f"Dataset {self.spec}: name a config; built in this data dir: "
+            + ", ".join(f"tfds:{name}/{c}:{split}" + (f",data_dir={self.data_dir}"
+                                                      if self.data_dir else "")
+                        for c in built) + ".")
       hint = ("python scripts/make_dataset.py --num N --data_dir DIR" if
               name.startswith("synth_words") else
               f"tfds.builder({name!r}, data_dir=...).download_and_prepare()")

@@ -7,13 +7,16 @@ array of the model height. Two modes:
   the batcher pads to a width bucket and tells the model each valid width.
 - ``'stretch'``: resize to exactly ``height x max_width``, as the seed did.
 
-The model sees ``pixels / 255`` as float32; padding is masked inside the model.
+``fit`` then places an image in its width bucket (squeezed when wider, stretched when
+its label needs more frames); padding is masked inside the model.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from crnn_jax import models
 
 RESIZE_MODES = ("pad", "stretch")
 
@@ -72,13 +75,17 @@ def resize(image, *, height: int, max_width: int, mode: str = "pad",
   return np.asarray(img, np.uint8)
 
 
-def widen(image: np.ndarray, width: int) -> np.ndarray:
-  """Stretches a (height, w) uint8 array horizontally to ``width`` (for labels needing more frames)."""
-  if image.shape[1] >= width:
-    return image
-  return np.asarray(Image.fromarray(image, "L").resize((width, image.shape[0]), Image.BILINEAR))
+def fit(image: np.ndarray, width: int, need_frames: int, *, mode: str = "pad") -> np.ndarray:
+  """Fits a (height, w) uint8 array into a bucket ``width`` pixels wide.
 
-
-def to_model_input(images: np.ndarray) -> np.ndarray:
-  """uint8 (B, H, W) -> float32 (B, H, W, 1) in [0, 1]."""
-  return (np.asarray(images, np.float32) / 255.0)[..., None]
+  A wider image is squeezed to ``width`` (text is never cut off); an image that gives
+  its label fewer than ``need_frames`` frames is stretched until it does; 'stretch'
+  mode always returns exactly ``width`` columns. The caller makes sure ``need_frames``
+  fits the bucket (``labels.check_label`` with the bucket's frames).
+  """
+  height = image.shape[0]
+  target = width if mode == "stretch" else min(image.shape[1], width)
+  target = min(max(target, models.min_width_for_frames(need_frames)), width)
+  if target != image.shape[1]:
+    image = np.asarray(Image.fromarray(image, "L").resize((target, height), Image.BILINEAR))
+  return image

@@ -8,8 +8,11 @@ reports those and carries on.
 
 Spec strings:
 
-- ``synth:N[,seed=S][,difficulty=D]``: N words rendered by ``crnn_jax.data.render``.
-- ``tsv:PATH``: a folder with ``labels.tsv`` (``relative/path<TAB>label`` per line).
+- ``synth:N[,seed=S][,difficulty=D]``: N words rendered by ``crnn_jax.data.render``;
+  ``synth:inf[,...]`` an endless stream of them (for pretraining: no word image repeats).
+- ``tsv:PATH[,include=FILE][,exclude=FILE]``: a folder with ``labels.tsv``
+  (``relative/path<TAB>label`` per line); ``include``/``exclude`` name files listing
+  relative paths, one per line, to keep or to leave out (validation splits).
 - ``tfds:NAME[/CONFIG][:SPLIT][,data_dir=DIR]``, ``mjsynth:PATH[,split=...]``,
   ``lmdb:PATH``: see ``crnn_jax.data.formats``.
 """
@@ -33,8 +36,13 @@ class BadExample(Exception):
 
 
 class Source:
-  """Base class: ``len()`` examples, ``read(i) -> (image, text, key)``."""
+  """Base class: ``len()`` examples, ``read(i) -> (image, text, key)``.
+
+  ``rendered`` sources make their images on demand (cheaply, deterministically): the
+  training loader renders them as batches need them instead of indexing them first.
+  """
   spec: str = ""
+  rendered: bool = False
 
   def __len__(self) -> int:
     raise NotImplementedError
@@ -60,9 +68,10 @@ class TsvSource(Source):
     ValueError: if the folder or its ``labels.tsv`` does not exist.
   """
 
-  def __init__(self, folder: str | os.PathLike, labels_file: str = "labels.tsv"):
+  def __init__(self, folder: str | os.PathLike, labels_file: str = "labels.tsv", *,
+               include: str | None = None, exclude: str | None = None, spec: str | None = None):
     self.folder = os.fspath(folder)
-    self.spec = f"tsv:{self.folder}"
+    self.spec = spec or f"tsv:{self.folder}"
     path = os.path.join(self.folder, labels_file)
     if not os.path.isdir(self.folder):
       raise ValueError(f"Dataset {self.spec}: folder {self.folder!r} does not exist.")
@@ -78,6 +87,29 @@ class TsvSource(Source):
           continue
         rel, sep, label = line.partition("\t")
         self.entries.append((rel if sep else None, label, lineno, line))
+    if include is not None or exclude is not None:
+      self._select(include, exclude)
+
+  def _select(self, include: str | None, exclude: str | None):
+    """Keeps the entries listed in ``include`` and drops those in ``exclude``."""
+    def listed(path: str, option: str) -> set:
+      if not os.path.isfile(path):
+        raise ValueError(f"Dataset {self.spec}: {option} file {path!r} does not exist.")
+      with open(path, encoding="utf-8") as f:
+        return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    known = {rel for rel, *_ in self.entries if rel is not None}
+    for option, path in (("include", include), ("exclude", exclude)):
+      if path is None:
+        continue
+      names = listed(path, option)
+      unknown = sorted(names - known)
+      if unknown:
+        raise ValueError(f"Dataset {self.spec}: {len(unknown)} path(s) of {option} file "
+                         f"{path!r} are not in labels.tsv, e.g. {unknown[:3]}; the list does "
+                         f"not belong to this folder.")
+      keep = (lambda rel: rel in names) if option == "include" else (
+          lambda rel: rel not in names)
+      self.entries = [e for e in self.entries if e[0] is not None and keep(e[0])]
 
   def __len__(self) -> int:
     return len(self.entries)
@@ -102,11 +134,18 @@ class TsvSource(Source):
     return image, label, path
 
 
-class SynthSource(Source):
-  """``n`` words from the project's renderer; deterministic for (seed, index)."""
+# Length of an endless rendered source: far more words than any run reads.
+ENDLESS_LENGTH = 2**62
 
-  def __init__(self, n: int, *, seed: int = 0, height: int = 32, difficulty: float | None = None,
-               charset: str | None = None, num_workers: int | None = None):
+
+class SynthSource(Source):
+  """``n`` words from the project's renderer (``n=None``: endless); deterministic for
+  (seed, index)."""
+  rendered = True
+
+  def __init__(self, n: int | None, *, seed: int = 0, height: int = 32,
+               difficulty: float | None = None, charset: str | None = None,
+               num_workers: int | None = None):
     from crnn_jax.data import render  # Pillow-heavy; only when synthetic data is used.
     self._render = render
     self.n = n
@@ -118,16 +157,33 @@ class SynthSource(Source):
       self.kwargs["difficulty"] = difficulty
     if charset is not None:
       self.kwargs["charset"] = charset
-    self.spec = f"synth:{n},seed={seed}" + (
+    self.endless = n is None
+    self.spec = f"synth:{'inf' if n is None else n},seed={seed}" + (
         f",difficulty={difficulty}" if difficulty is not None else "")
 
   def __len__(self) -> int:
-    return self.n
+    return ENDLESS_LENGTH if self.endless else self.n
+
+  def _renderer(self):
+    if getattr(self, "_cached_renderer", None) is None:
+      self._cached_renderer = self._render.Renderer(seed=self.seed, height=self.height,
+                                                    **self.kwargs)
+    return self._cached_renderer
+
+  def __getstate__(self):
+    return dict(self.__dict__, _cached_renderer=None, _render=None)
+
+  def __setstate__(self, state):
+    from crnn_jax.data import render
+    self.__dict__.update(state, _render=render)
 
   def read(self, index: int):
-    img, text = self._render.Renderer(seed=self.seed, height=self.height, **self.kwargs).render(
-        index)
+    img, text = self._renderer().render(index)
     return img, text, f"synth[{index}]"
+
+  def text(self, index: int) -> str:
+    """The word image ``index`` shows, without rendering it (cheap)."""
+    return self._renderer().text(index)
 
   def read_many(self, indices: Sequence[int]) -> list:
     indices = list(indices)
@@ -155,7 +211,8 @@ def open_source(spec: str, *, height: int = 32, charset: str | None = None) -> S
   """The source a spec string names.
 
   Args:
-    spec: ``synth:N[,seed=S][,difficulty=D]``, ``tsv:PATH``, ``mjsynth:PATH[,split=S]``,
+    spec: ``synth:N|inf[,seed=S][,difficulty=D]``, ``tsv:PATH[,include=F][,exclude=F]``,
+      ``mjsynth:PATH[,split=S]``,
       ``lmdb:PATH`` or ``tfds:NAME[/CONFIG][:SPLIT][,data_dir=DIR]`` (the last three in
       ``crnn_jax.data.formats``).
     height: render height for synthetic data.
@@ -176,19 +233,25 @@ def open_source(spec: str, *, height: int = 32, charset: str | None = None) -> S
       raise ValueError(f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
                        f"synth takes seed, difficulty, workers.")
     try:
-      n = int(head)
+      n = None if head.strip() == "inf" else int(head)
       seed = int(opts.get("seed", 0))
       difficulty = float(opts["difficulty"]) if "difficulty" in opts else None
       workers = int(opts["workers"]) if "workers" in opts else None
     except ValueError:
       raise ValueError(f"Dataset spec {spec!r}: expected synth:N[,seed=S][,difficulty=D] "
-                       f"with integer N and S.") from None
-    if n < 1:
+                       f"with integer N (or inf) and S.") from None
+    if n is not None and n < 1:
       raise ValueError(f"Dataset spec {spec!r}: N must be at least 1.")
     return SynthSource(n, seed=seed, height=height, difficulty=difficulty, charset=charset,
                        num_workers=workers)
   if kind == "tsv":
-    return TsvSource(os.path.expanduser(rest))
+    path, opts = _parse_options(rest, spec)
+    unknown = set(opts) - {"include", "exclude"}
+    if unknown:
+      raise ValueError(f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
+                       f"tsv takes include=FILE and exclude=FILE.")
+    return TsvSource(os.path.expanduser(path), include=opts.get("include"),
+                     exclude=opts.get("exclude"), spec=spec)
   if kind in ("mjsynth", "lmdb", "tfds"):
     from crnn_jax.data import formats  # imports TFDS / lmdb only for these kinds
     return formats.open_spec(kind, rest, spec)

@@ -429,6 +429,10 @@ class Renderer:
         options = [(f, w) for f in faces for w in f.weights]
         return min(options, key=lambda o: (abs(o[1] - target), o[1], o[0].path))
 
+    def text(self, index: int) -> str:
+        """The text image `index` shows, without rendering it (its first random draw)."""
+        return self._sample_text(random.Random(f"{self.seed}/{int(index)}"))
+
     # -- rendering ---------------------------------------------------------------------
 
     def render(self, index: int) -> tuple[np.ndarray, str]:

@@ -1,5 +1,5 @@
-"""The streaming input path: header-only index, batches equal to the in-memory path's,
-resumption by step, grain worker processes, read-time failures replaced and counted."""
+"""The training loader: cached and read-per-batch sources give the same batches, resumption
+by step, grain worker processes, read-time failures replaced and counted."""
 
 import io
 
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from crnn_jax.charset import Charset
-from crnn_jax.data import formats, pipeline, readers, streaming
+from crnn_jax.data import formats, index, labels, loader, plan, readers
 
 from test_formats import _word_image, write_lmdb
 
@@ -26,16 +26,20 @@ def tfds_spec(tmp_path_factory):
   return f"tfds:synth_words/n120_v10_s5_d30_h32:train,data_dir={data_dir}"
 
 
+def _loader(source, idx, seed=0, batch=BATCH, **kw):
+  """An epoch loader over one indexed source, as inputs.train_loader builds it."""
+  idx = idx.merge_up(idx.counts(), batch)
+  p = plan.EpochPlan(idx.counts(), batch, seed, idx.counts(), source.spec)
+  return loader.TrainLoader([loader.Feed(source, idx)], p, widths=idx.widths,
+                            frames=idx.frames, batch_size=batch, charset=KW["charset"],
+                            height=32, seed=seed, **kw)
+
+
 def _both(source, seed=0, **kw):
-  """(in-memory TrainBatches, StreamingBatches) over the same source and settings."""
-  prep = pipeline.prepare(source, **KW)
-  prep = pipeline.merge_buckets_up(prep, pipeline.bucket_counts(prep), BATCH)
-  memory = pipeline.TrainBatches(prep, BATCH, seed, pipeline.bucket_counts(prep))
-  index = streaming.build_index(source, **KW)
-  index = index.merge_up(index.counts(), BATCH)
-  stream = streaming.StreamingBatches(source, index, BATCH, seed, index.counts(),
-                                      charset=KW["charset"], height=32, **kw)
-  return prep, memory, index, stream
+  """(cached loader, read-per-batch loader) over the same source and settings."""
+  cached = index.build_index(source, cache=True, **KW)
+  headers = index.build_index(source, cache=False, **KW)
+  return cached, headers, _loader(source, cached, seed), _loader(source, headers, seed, **kw)
 
 
 def _assert_batches_equal(a, b):
@@ -44,23 +48,23 @@ def _assert_batches_equal(a, b):
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_index_agrees_with_prepare_and_batches_equal_the_in_memory_path(tfds_spec):
+def test_header_index_agrees_with_the_cache_and_batches_are_equal(tfds_spec):
   source = readers.open_source(tfds_spec)
-  prep, memory, index, stream = _both(source, seed=3)
-  assert index.report.usable == prep.report.usable and index.report.skipped == (
-      prep.report.skipped)
-  assert [len(m) for m in index.members] == [len(b) for b in prep.buckets]
-  assert index.widths == [b.width for b in prep.buckets]
-  assert stream.steps_per_epoch == memory.steps_per_epoch >= 10
-  steps = [0, 1, 7, stream.steps_per_epoch + 2, 3 * stream.steps_per_epoch - 1]
+  cached, headers, memory, stream = _both(source, seed=3)
+  assert headers.cache is None and cached.cache is not None
+  assert headers.report.usable == cached.report.usable and headers.report.skipped == (
+      cached.report.skipped)
+  assert [len(m) for m in headers.members] == [len(m) for m in cached.members]
+  assert stream.plan.steps_per_epoch == memory.plan.steps_per_epoch >= 10
+  steps = [0, 1, 7, stream.plan.steps_per_epoch + 2, 3 * stream.plan.steps_per_epoch - 1]
   for step in reversed(steps):  # any access order
     _assert_batches_equal(stream.batch(step), memory.batch(step))
 
 
-def test_resumed_stream_reads_what_an_uninterrupted_run_reads(tfds_spec):
+def test_resumed_loader_reads_what_an_uninterrupted_run_reads(tfds_spec):
   source = readers.open_source(tfds_spec)
-  _, _, _, stream = _both(source, seed=1, num_threads=2)
-  n = stream.steps_per_epoch + 3  # across an epoch boundary
+  *_, stream = _both(source, seed=1, num_threads=2)
+  n = stream.plan.steps_per_epoch + 3  # across an epoch boundary
   full = stream(0)
   whole = [next(full) for _ in range(n)]
   full.close()
@@ -68,17 +72,11 @@ def test_resumed_stream_reads_what_an_uninterrupted_run_reads(tfds_spec):
   for step in range(5, n):
     _assert_batches_equal(next(resumed), whole[step])
   resumed.close()
-  # An epoch visits each example at most once, and never mixes widths in a batch.
-  seen = []
-  for step in range(stream.steps_per_epoch):
-    _, _, indices = stream.rows(step)
-    seen.extend(indices.tolist())
-  assert len(seen) == len(set(seen)) == stream.steps_per_epoch * BATCH
 
 
 def test_worker_processes_give_the_same_batches(tfds_spec):
   source = readers.open_source(tfds_spec)
-  _, memory, _, stream = _both(source, seed=2, num_workers=2, num_threads=1, prefetch=1)
+  _, _, memory, stream = _both(source, seed=2, num_workers=2, num_threads=1, prefetch=1)
   it = stream(4)
   for step in range(4, 8):
     _assert_batches_equal(next(it), memory.batch(step))
@@ -87,8 +85,8 @@ def test_worker_processes_give_the_same_batches(tfds_spec):
 
 def test_two_processes_index_disjoint_shards(tfds_spec):
   source = readers.open_source(tfds_spec)
-  whole = streaming.build_index(source, **KW)
-  parts = [streaming.build_index(source, process_index=p, process_count=2, **KW)
+  whole = index.build_index(source, **KW)
+  parts = [index.build_index(source, process_index=p, process_count=2, **KW)
            for p in range(2)]
   sets = [set(np.concatenate(p.members).tolist()) for p in parts]
   assert sets[0] and sets[1] and not sets[0] & sets[1]
@@ -106,47 +104,46 @@ def test_bad_input_is_indexed_out_or_replaced_at_read_time(tmp_path):
   items.append((_word_image("y", "L", "PNG"), ""))        # empty label
   write_lmdb(tmp_path / "db", items)
   source = formats.LmdbSource(tmp_path / "db")
-  index = streaming.build_index(source, **KW)
-  assert index.report.total == 24 and index.report.usable == 21
-  assert index.report.skipped == {"corrupt_image": 1, "unknown_chars": 1, "empty_label": 1}
-  assert "#000000022" in index.report.describe()
-  index = index.merge_up(index.counts(), 4)
+  idx = index.build_index(source, cache=False, **KW)
+  assert idx.report.total == 24 and idx.report.usable == 21
+  assert idx.report.skipped == {"corrupt_image": 1, "unknown_chars": 1, "empty_label": 1}
+  assert "#000000022" in idx.report.describe()
   logged = []
-  stream = streaming.StreamingBatches(source, index, 4, 0, index.counts(),
-                                      charset=KW["charset"], height=32, log=logged.append)
-  labels, hits = [], 0
-  for step in range(3 * stream.steps_per_epoch):
+  stream = _loader(source, idx, batch=4, log=logged.append)
+  merged = stream.feeds[0].index
+  seen, hits = [], 0
+  for step in range(3 * stream.plan.steps_per_epoch):
     batch = stream.batch(step)
     assert batch["images"].shape[0] == 4 and (batch["widths"] > 0).all()
-    labels.append(batch["labels"])
-    hits += 20 in stream.rows(step)[2]  # source index of the truncated image
+    seen.append(batch["labels"])
+    slots = stream.plan.slots(step)
+    hits += 20 in merged.members[slots.bucket][slots.refs]  # the truncated image
   # Wherever the truncated image was planned, it was replaced, counted and logged by key.
   assert hits >= 1 and stream.read_failures.skipped["corrupt_image"] >= hits
   assert set(stream.read_failures.skipped) == {"corrupt_image"}
   assert len(logged) >= hits and all("#000000021" in line for line in logged)
   assert "trunc1" not in "".join(
-      KW["charset"].decode([int(i) for i in row if i]) for b in labels for row in b)
+      KW["charset"].decode([int(i) for i in row if i]) for b in seen for row in b)
 
 
-def test_streaming_errors_and_empty_datasets(tmp_path):
+def test_errors_and_empty_datasets(tmp_path):
   write_lmdb(tmp_path / "db", [(b"junk", "abc")])
-  index = streaming.build_index(formats.LmdbSource(tmp_path / "db"), **KW)
+  idx = index.build_index(formats.LmdbSource(tmp_path / "db"), cache=False, **KW)
   with pytest.raises(ValueError, match=r"(?s)0 of 1 examples usable.*unreadable"):
-    pipeline.check_usable(index.report)
+    labels.check_usable(idx.report)
   with pytest.raises(ValueError, match="cannot fill one batch"):
-    streaming.StreamingBatches(formats.LmdbSource(tmp_path / "db"), index, 4, 0,
-                               index.counts(), charset=KW["charset"], height=32)
+    plan.EpochPlan(idx.counts(), 4, 0, idx.counts(), "db")
   with pytest.raises(ValueError, match="width_buckets"):
-    streaming.build_index(formats.LmdbSource(tmp_path / "db"), charset=Charset(), height=32,
-                          width_buckets=(30,))
+    index.build_index(formats.LmdbSource(tmp_path / "db"), charset=Charset(), height=32,
+                      width_buckets=(30,))
 
 
 def test_target_width_follows_prepare():
   # 50x25 -> 64 wide at height 32; a label needing 20 frames widens it to 84.
   kw = dict(model_height=32, max_width=128, resize_mode="pad")
-  assert streaming.target_width(50, 25, need_frames=3, **kw) == 64
-  assert streaming.target_width(50, 25, need_frames=20, **kw) == 84
-  assert streaming.target_width(5000, 25, need_frames=3, **kw) == 128
+  assert index.target_width(50, 25, need_frames=3, **kw) == 64
+  assert index.target_width(50, 25, need_frames=20, **kw) == 84
+  assert index.target_width(5000, 25, need_frames=3, **kw) == 128
   image = Image.new("L", (50, 25), 255)
   buf = io.BytesIO()
   image.save(buf, "PNG")
