@@ -121,8 +121,8 @@ def _stored(name: str, x: np.ndarray, dtype: str) -> np.ndarray:
   x = x.astype(np.float32)
   if dtype == "float32" or not name.startswith("params/"):
     return x
-  half = x.astype(np.float16)
   with np.errstate(over="ignore", invalid="ignore"):
+    half = x.astype(np.float16)
     overflow = bool(np.any(np.isfinite(x) & (np.abs(x) > _FLOAT16_MAX)))
     peak = float(np.max(np.abs(x), initial=0.0))
     loss = float(np.max(np.abs(half.astype(np.float32) - x), initial=0.0))
