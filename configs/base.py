@@ -98,7 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Latest checkpoints kept for resuming (the best one is kept apart).
   config.checkpoint.max_to_keep = 3
 
-  # Start from another run's weights (a workdir or checkpoint path) to fine-tune;
-  # the output layer is re-initialised if the charset differs.
+  # Start from trained weights to fine-tune: 'pretrained' (the model shipped with the
+  # package), a weights file, or a workdir or checkpoint path; the output layer is
+  # re-initialised if the charset differs.
   config.init_from = config_dict.FieldReference("", field_type=str)
   return config

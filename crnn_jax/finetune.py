@@ -1,8 +1,10 @@
-"""Starting a training run from another run's weights (``--config.init_from=CHECKPOINT``).
+"""Starting a training run from trained weights (``--config.init_from=SOURCE``).
 
 ``init_from`` replaces the freshly initialised parameters and BatchNorm statistics of a
-new run with those of a checkpoint. The conv stack and the BiLSTMs must match in shape
-(the same ``model.conv_features``, ``lstm_hidden`` and ``lstm_layers``). The output
+new run with those of a checkpoint, a weights file (``crnn_jax/weights.py``), or the
+pretrained model shipped with the package (``init_from=pretrained``). The conv stack and
+the BiLSTMs must match in shape (the same ``model.conv_features``, ``lstm_hidden`` and
+``lstm_layers``; the pretrained model is ``configs/base.py``'s). The output
 layer (``classifier``) is kept when the charset is the same, character for character,
 and re-initialised otherwise, because its rows are tied to the character ids. The
 optimiser state starts fresh and the step counter at 0: this is a new run, not a resume.
@@ -18,7 +20,7 @@ import numpy as np
 from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
 from crnn_jax import models
-from crnn_jax.recognizer import load_checkpoint
+from crnn_jax.recognizer import load_model
 
 # The layer whose rows are the charset's classes.
 OUTPUT_LAYER = "classifier"
@@ -32,13 +34,14 @@ def _split(shapes: dict) -> tuple[dict, dict]:
 
 def init_from(state, path: str, charset: charset_lib.Charset, *,
               log: Callable[[str], None] = print):
-  """A copy of ``state`` whose weights come from the checkpoint at ``path``.
+  """A copy of ``state`` whose weights come from the checkpoint or weights file at ``path``.
 
   Args:
     state: the new run's freshly created ``TrainState`` (any sharding; the result has
       the same shardings, e.g. replicated over the mesh).
-    path: a workdir (its best checkpoint, else its latest), its ``best/`` or
-      ``checkpoints/`` folder, or a step folder.
+    path: ``'pretrained'`` (the shipped model), a weights file, or a checkpoint: a
+      workdir (its best checkpoint, else its latest), its ``best/`` or ``checkpoints/``
+      folder, or a step folder.
     charset: the new run's charset.
     log: where the report of what was kept and re-initialised goes.
 
@@ -47,10 +50,10 @@ def init_from(state, path: str, charset: charset_lib.Charset, *,
     layer from ``state`` when the charsets differ), a fresh optimiser state, step 0.
 
   Raises:
-    ValueError: if there is no checkpoint at ``path`` or its model differs from this
-      run's anywhere but in the output layer.
+    ValueError: if there is no checkpoint or weights file at ``path`` (or it is
+      corrupt), or its model differs from this run's anywhere but in the output layer.
   """
-  loaded = load_checkpoint(path)
+  loaded = load_model(path)
   saved_head, saved_body = _split(ckpt_lib.param_shapes(loaded.variables["params"]))
   new_head, new_body = _split(ckpt_lib.param_shapes(state.params))
   if saved_body != new_body:
@@ -58,9 +61,9 @@ def init_from(state, path: str, charset: charset_lib.Charset, *,
       ckpt_lib.check_compatible(saved_body, new_body, loaded.where)
     except ValueError as e:
       raise ValueError(
-          f"init_from: {e}\nOnly the output layer may differ when fine-tuning. The checkpoint "
-          f"was trained with model config {loaded.meta.get('model')}; set model.conv_features, "
-          f"model.lstm_hidden and model.lstm_layers to match it.") from None
+          f"init_from: {e}\nOnly the output layer may differ when fine-tuning. The "
+          f"{loaded.kind} was trained with model config {loaded.meta.get('model')}; set "
+          f"model.conv_features, model.lstm_hidden and model.lstm_layers to match it.") from None
   saved_stats = ckpt_lib.param_shapes(loaded.variables["batch_stats"])
   new_stats = ckpt_lib.param_shapes(state.batch_stats)
   if saved_stats != new_stats:
@@ -103,7 +106,7 @@ def init_from(state, path: str, charset: charset_lib.Charset, *,
         + f"): output layer '{OUTPUT_LAYER}' re-initialised "
         f"({saved_head.get(kernel)} -> {new_head.get(kernel)}).")
   if loaded.charset.case_fold != charset.case_fold:
-    log(f"init_from: note: case_fold was {loaded.charset.case_fold} in the checkpoint, "
+    log(f"init_from: note: case_fold was {loaded.charset.case_fold} in the {loaded.kind}, "
         f"{charset.case_fold} now.")
   return state.replace(step=step, params=params, batch_stats=batch_stats, opt_state=opt_state)
 

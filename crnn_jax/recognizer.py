@@ -32,6 +32,7 @@ from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
 from crnn_jax import decode as decode_lib
 from crnn_jax import models
+from crnn_jax import weights as weights_lib
 from crnn_jax.data import batching, preprocess
 
 DECODE_METHODS = ("greedy", "beam", "lexicon")
@@ -54,7 +55,9 @@ class Loaded:
     charset: the saved charset.
     meta: the checkpoint's JSON metadata.
     step: the training step of the checkpoint.
-    where: the checkpoint's directory, for messages.
+    where: the checkpoint's directory (or weights file), for messages.
+    kind: ``'checkpoint'``, ``'weights'`` (a weights file) or ``'pretrained'`` (the
+      shipped weights file).
   """
   model: models.CRNN
   variables: dict
@@ -62,6 +65,13 @@ class Loaded:
   meta: dict
   step: int
   where: str
+  kind: str = "checkpoint"
+
+  def describe(self) -> str:
+    """One line naming the model, e.g. for the scripts to print which one they use."""
+    what = {"checkpoint": "checkpoint", "weights": "weights file",
+            "pretrained": "pretrained model"}.get(self.kind, self.kind)
+    return f"{what} {self.where} (step {self.step})"
 
 
 def model_from_meta(meta: dict) -> tuple[models.CRNN, charset_lib.Charset]:
@@ -100,6 +110,46 @@ def load_checkpoint(path: str, *, device: jax.Device | None = None) -> Loaded:
   model, charset = model_from_meta(meta)
   return Loaded(model, variables, charset, meta, step, os.path.join(str(manager.directory),
                                                                     str(step)))
+
+
+def load_weights_file(path: str, *, device: jax.Device | None = None) -> Loaded:
+  """Loads a weights file (``weights.save_weights``) for inference, like ``load_checkpoint``.
+
+  Args:
+    path: the file, or ``'pretrained'`` for the one shipped with the package.
+    device: where the variables go; default ``jax.devices()[0]``.
+
+  Returns:
+    a ``Loaded`` with float32 variables; ``step`` is the training step the file records.
+
+  Raises:
+    ValueError: if the file is missing or corrupt, or ``'pretrained'`` is asked for
+      and this copy of the package has none.
+  """
+  kind = "pretrained" if path == weights_lib.PRETRAINED else "weights"
+  path = weights_lib.resolve(path)
+  variables, meta = weights_lib.load_weights(path)
+  variables = jax.device_put(variables, jax.sharding.SingleDeviceSharding(
+      device or jax.devices()[0]))
+  model, charset = model_from_meta(meta)
+  return Loaded(model, variables, charset, meta, int(meta.get("step", 0)), path, kind)
+
+
+def load_model(path: str, *, device: jax.Device | None = None) -> Loaded:
+  """A model from any source: ``'pretrained'``, a weights file, or a checkpoint.
+
+  Args:
+    path: ``'pretrained'`` (the shipped weights), a file (a weights file), or anything
+      ``load_checkpoint`` takes (a workdir, its ``best/`` or ``checkpoints/`` folder, a
+      step folder).
+    device: where the variables go; default ``jax.devices()[0]``.
+
+  Raises:
+    ValueError: if there is no model at ``path``.
+  """
+  if path == weights_lib.PRETRAINED or os.path.isfile(path):
+    return load_weights_file(path, device=device)
+  return load_checkpoint(path, device=device)
 
 
 # ----------------------------------------------------------------------------
@@ -231,6 +281,37 @@ class Recognizer:
     recognizer = cls(loaded.model, loaded.variables, loaded.charset, **kwargs)
     recognizer.checkpoint = loaded
     return recognizer
+
+  @classmethod
+  def from_weights(cls, path: str, **kwargs) -> "Recognizer":
+    """A recognizer for a weights file (see ``weights.save_weights``).
+
+    Keyword arguments are those of ``Recognizer``; the width buckets and resize mode
+    come from the file unless given. ``recognizer.checkpoint`` describes the file.
+
+    Raises:
+      ValueError: if the file is missing or corrupt.
+    """
+    loaded = load_weights_file(path)
+    data = loaded.meta.get("data", {})
+    kwargs.setdefault("width_buckets", data.get("width_buckets", (128,)))
+    kwargs.setdefault("resize_mode", data.get("resize_mode", "pad"))
+    recognizer = cls(loaded.model, loaded.variables, loaded.charset, **kwargs)
+    recognizer.checkpoint = loaded
+    return recognizer
+
+  @classmethod
+  def pretrained(cls, **kwargs) -> "Recognizer":
+    """The pretrained seed CRNN shipped with the package (a-z A-Z 0-9, height 32).
+
+    Reads ``crnn_jax/pretrained/crnn_seed.npz``; see docs/pretrained.md for its data and
+    accuracy. Keyword arguments are those of ``Recognizer`` (batch size, decoding).
+
+    Raises:
+      ValueError: if this copy of the package has no pretrained model yet, or the file
+        is corrupt.
+    """
+    return cls.from_weights(weights_lib.PRETRAINED, **kwargs)
 
   @property
   def max_width(self) -> int:

@@ -1,4 +1,7 @@
-"""Evaluate a trained model: python scripts/evaluate.py --workdir DIR --data SPEC [--data SPEC ...].
+"""Evaluate a trained model: python scripts/evaluate.py [--workdir DIR] --data SPEC [...].
+
+Without --workdir, --checkpoint or --weights it evaluates the pretrained model shipped with
+crnn_jax (crnn_jax/pretrained/crnn_seed.npz, see docs/pretrained.md).
 
 Prints one row per dataset: N, word accuracy (exact), word accuracy under the scene-text
 benchmark protocol (case-insensitive, a-z0-9 only), character error rate, 1 - normalised
@@ -18,10 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  where = p.add_mutually_exclusive_group(required=True)
+  where = p.add_mutually_exclusive_group()
   where.add_argument("--workdir", help="training workdir (its best checkpoint, else latest)")
   where.add_argument("--checkpoint", help="a checkpoint folder (workdir, best/, checkpoints/ "
                      "or a step folder)")
+  where.add_argument("--weights", metavar="FILE", help="a weights file (scripts/"
+                     "export_weights.py). Default, when no model is given: the pretrained "
+                     "model shipped with crnn_jax, crnn_jax/pretrained/crnn_seed.npz")
   p.add_argument("--data", action="append", required=True, metavar="SPEC",
                  help="dataset spec, repeatable: tsv:FOLDER (with labels.tsv) or "
                  "synth:N[,seed=S]")
@@ -64,11 +70,19 @@ def main(argv=None) -> int:
   if args.lexicon:
     with open(args.lexicon, encoding="utf-8") as f:
       lexicon = [line.strip() for line in f if line.strip()]
-  recognizer = Recognizer.from_checkpoint(
-      args.workdir or args.checkpoint, batch_size=args.batch_size, decode=args.decode,
-      beam_size=args.beam_size, lexicon=lexicon)
-  print(f"checkpoint: {recognizer.checkpoint.where} (step {recognizer.checkpoint.step}); "
-        f"decode: {args.decode}"
+  options = dict(batch_size=args.batch_size, decode=args.decode, beam_size=args.beam_size,
+                 lexicon=lexicon)
+  try:
+    if args.workdir or args.checkpoint:
+      recognizer = Recognizer.from_checkpoint(args.workdir or args.checkpoint, **options)
+    else:
+      recognizer = Recognizer.from_weights(args.weights or "pretrained", **options)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  loaded = recognizer.checkpoint
+  print(f"model: {loaded.describe()}", file=sys.stderr, flush=True)
+  print(f"{loaded.kind}: {loaded.where} (step {loaded.step}); decode: {args.decode}"
         + (f", beam {args.beam_size}" if args.decode != "greedy" else "")
         + (f", lexicon of {recognizer.lexicon_size} words ({recognizer.lexicon_skipped} "
            f"with other characters left out)" if lexicon else ""), flush=True)

@@ -1,4 +1,8 @@
-"""Read the text in images: python scripts/predict.py --workdir DIR IMAGE_OR_DIR [...].
+"""Read the text in images: python scripts/predict.py [--workdir DIR] IMAGE_OR_DIR [...].
+
+Without --workdir, --checkpoint or --weights it uses the pretrained model shipped with
+crnn_jax (crnn_jax/pretrained/crnn_seed.npz, see docs/pretrained.md); stderr says which
+model was loaded.
 
 Prints `path<TAB>text<TAB>confidence` per image (with --top-k K: K text/confidence pairs),
 or one JSON object per line with --json. Folders are walked for files Pillow can read;
@@ -16,10 +20,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  where = p.add_mutually_exclusive_group(required=True)
+  where = p.add_mutually_exclusive_group()
   where.add_argument("--workdir", help="training workdir (its best checkpoint, else latest)")
   where.add_argument("--checkpoint", help="a checkpoint folder (workdir, best/, checkpoints/ "
                      "or a step folder)")
+  where.add_argument("--weights", metavar="FILE", help="a weights file (scripts/"
+                     "export_weights.py). Default, when no model is given: the pretrained "
+                     "model shipped with crnn_jax, crnn_jax/pretrained/crnn_seed.npz")
   p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
   p.add_argument("--decode", choices=("greedy", "beam", "lexicon"), default=None,
                  help="default: greedy, or beam when --top-k > 1")
@@ -50,9 +57,19 @@ def main(argv=None) -> int:
   if args.lexicon:
     with open(args.lexicon, encoding="utf-8") as f:
       lexicon = [line.strip() for line in f if line.strip()]
-  recognizer = recognizer_lib.Recognizer.from_checkpoint(
-      args.workdir or args.checkpoint, batch_size=args.batch_size, decode=args.decode,
-      beam_size=args.beam_size, top_k=args.top_k, lexicon=lexicon)
+  options = dict(batch_size=args.batch_size, decode=args.decode, beam_size=args.beam_size,
+                 top_k=args.top_k, lexicon=lexicon)
+  try:
+    if args.workdir or args.checkpoint:
+      recognizer = recognizer_lib.Recognizer.from_checkpoint(args.workdir or args.checkpoint,
+                                                             **options)
+    else:
+      recognizer = recognizer_lib.Recognizer.from_weights(args.weights or "pretrained",
+                                                          **options)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"model: {recognizer.checkpoint.describe()}", file=sys.stderr, flush=True)
   paths = recognizer_lib.expand_paths(args.inputs)
   failed = 0
   for r in recognizer_lib.recognize_files(recognizer, paths):

@@ -1,0 +1,130 @@
+"""Write a weights file from a run: python scripts/export_weights.py --workdir DIR --out FILE.
+
+Reads the workdir's best checkpoint (else its latest; --step N for another), writes its
+parameters (float16 by default), BatchNorm statistics and metadata into one file with a
+SHA-256 digest (crnn_jax/weights.py), then reloads the file and prints the largest
+difference between the output logits of the stored and the original weights on a few
+rendered words (or --image files), and the file's size. To ship the pretrained model:
+
+  python scripts/export_weights.py --workdir runs/seed --config_name configs/base.py \
+      --out crnn_jax/pretrained/crnn_seed.npz
+
+then fill in docs/pretrained.md. See docs/pretrained.md for the format.
+"""
+
+import datetime
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+from crnn_jax import weights  # noqa: E402  (numpy only: cheap before flags parse)
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export from.")
+_STEP = flags.DEFINE_integer("step", None, "Step to export (in best/ or checkpoints/); "
+                             "default the best checkpoint, else the latest.")
+_OUT = flags.DEFINE_string("out", None, "Weights file to write, e.g. "
+                           "crnn_jax/pretrained/crnn_seed.npz.")
+_DTYPE = flags.DEFINE_enum("dtype", "float16", weights.STORAGE_DTYPES,
+                           "Storage of the parameters (BatchNorm statistics stay float32).")
+_CONFIG_NAME = flags.DEFINE_string("config_name", "", "The config the run was trained with "
+                                   "(e.g. configs/base.py), recorded as provenance.")
+_NOTE = flags.DEFINE_string("note", "", "Free text recorded as provenance (data mixture...).")
+_IMAGES = flags.DEFINE_multi_string("image", [], "Image files to compare the logits on; "
+                                    "default: rendered words.")
+_NUM_CHECK = flags.DEFINE_integer("num_check_images", 8, "Rendered words to compare the "
+                                  "logits on when no --image is given.")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def checkpoint_path(workdir: str, step: int | None) -> str:
+  """The folder ``load_checkpoint`` should read for ``--step`` (the workdir without it)."""
+  if step is None:
+    return workdir
+  for sub in ("best", "checkpoints"):
+    folder = os.path.join(workdir, sub, str(step))
+    if os.path.isdir(folder):
+      return folder
+  raise app.UsageError(f"--step={step}: no step folder {step} in {workdir}/best or "
+                       f"{workdir}/checkpoints; leave --step out for the best checkpoint.")
+
+
+def check_images(recognizer, paths: list[str], count: int) -> list:
+  """The comparison images: the files given, else ``count`` words rendered at difficulty 0.3."""
+  from crnn_jax import recognizer as recognizer_lib
+  if paths:
+    return [recognizer.preprocess(recognizer_lib.read_image(p)) for p in paths]
+  from crnn_jax.data import render
+  renderer = render.Renderer(seed=12345, height=recognizer.height, difficulty=0.3,
+                             charset=recognizer.charset.chars)
+  return [recognizer.preprocess(renderer.render(i)[0]) for i in range(count)]
+
+
+def max_logit_difference(model, variables_a, variables_b, arrays) -> tuple[float, float]:
+  """Largest |logit_a - logit_b| over the valid frames of images padded to one width,
+  and the largest |logit_a| for scale."""
+  import jax
+  import numpy as np
+  width = max(a.shape[1] for a in arrays)
+  width += -width % 4  # a multiple of the model's width stride
+  x = np.zeros((len(arrays), arrays[0].shape[0], width, 1), np.float32)
+  widths = np.array([a.shape[1] for a in arrays], np.int32)
+  for i, a in enumerate(arrays):
+    x[i, :, :a.shape[1], 0] = a / 255.0  # the scaling of recognizer._recognize
+  apply = jax.jit(lambda v: model.apply(v, x, widths, train=False))
+  logits_a, paddings = jax.device_get(apply(variables_a))
+  logits_b, _ = jax.device_get(apply(variables_b))
+  valid = paddings < 0.5
+  return (float(np.abs(logits_a - logits_b)[valid].max()),
+          float(np.abs(logits_a)[valid].max()))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.ERROR)  # Orbax reports read-only managers at WARNING
+  import jax
+
+  from crnn_jax import models
+  from crnn_jax import recognizer as recognizer_lib
+
+  loaded = recognizer_lib.load_checkpoint(checkpoint_path(_WORKDIR.value, _STEP.value))
+  # The checkpoint's metadata (model config, charset, case_fold, data, param_shapes) as is.
+  meta = dict(loaded.meta, step=loaded.step)
+  meta["provenance"] = {
+      "checkpoint": loaded.where,
+      "config": _CONFIG_NAME.value,
+      "note": _NOTE.value,
+      "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "jax_version": jax.__version__,
+  }
+  written = weights.save_weights(_OUT.value, loaded.variables, meta, dtype=_DTYPE.value)
+  print(f"Wrote {written.path} from {loaded.where} (step {loaded.step}): "
+        f"{models.count_params(loaded.variables['params']):,} parameters "
+        f"({_DTYPE.value}) + {models.count_params(loaded.variables['batch_stats']):,} BatchNorm "
+        f"statistics (float32).")
+  if written.float32_params:
+    print(f"Kept in float32 (float16 would overflow or lose precision): "
+          f"{', '.join(written.float32_params)}")
+
+  # Read back through the public loader, as users will.
+  reloaded = recognizer_lib.Recognizer.from_weights(written.path)
+  original = recognizer_lib.Recognizer(
+      loaded.model, loaded.variables, loaded.charset,
+      width_buckets=reloaded.width_buckets, resize_mode=reloaded.resize_mode)
+  arrays = check_images(reloaded, _IMAGES.value, _NUM_CHECK.value)
+  diff, scale = max_logit_difference(loaded.model, loaded.variables, reloaded.variables, arrays)
+  texts_file = [t for (t, _), in reloaded.recognize_preprocessed(arrays)]
+  texts_orig = [t for (t, _), in original.recognize_preprocessed(arrays)]
+  same = sum(a == b for a, b in zip(texts_file, texts_orig))
+  print(f"Reloaded and checked on {len(arrays)} images: largest |{_DTYPE.value} - float32| "
+        f"output-logit difference {diff:.3g} (logits up to {scale:.3g}); the same greedy "
+        f"text for {same} of {len(arrays)} ({', '.join(texts_file[:8])}).")
+  print(f"File size: {written.num_bytes:,} bytes ({written.num_bytes / 1e6:.1f} MB); "
+        f"sha256 {written.sha256}.")
+
+
+if __name__ == "__main__":
+  app.run(main)
