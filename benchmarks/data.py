@@ -188,10 +188,10 @@ def bench_pipeline(args: argparse.Namespace) -> list[PipelineRow]:
     """Cached and read-per-batch sources, from a built TFDS dataset into device arrays."""
     from crnn_jax.charset import Charset
     from crnn_jax.data import index as index_lib
-    from crnn_jax.data import loader, plan, readers
+    from crnn_jax.data import loader, plan, specs
 
     spec = _pipeline_spec(args)
-    source = readers.open_source(spec)
+    source = specs.open_source(spec)
     kw = dict(charset=Charset(), height=32, width_buckets=(64, 128, 192, 256))
     rows: list[PipelineRow] = []
     children = resource.RUSAGE_CHILDREN

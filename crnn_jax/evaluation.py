@@ -25,7 +25,7 @@ import numpy as np
 
 from crnn_jax import metrics
 from crnn_jax.data import labels as labels_lib
-from crnn_jax.data import readers
+from crnn_jax.data import readers, specs
 from crnn_jax.recognizer import Recognizer
 
 # The numbers of one dataset, in the order they are printed.
@@ -76,7 +76,7 @@ def evaluate_source(recognizer: Recognizer, source: readers.Source, *, num_mista
 
   Args:
     recognizer: the model, with the decoding to evaluate.
-    source: from ``readers.open_source``.
+    source: from ``specs.open_source``.
     num_mistakes: how many of the worst mistakes to keep (for ``errors_image``).
     chunk: examples read and recognised at a time.
 
@@ -135,8 +135,8 @@ def evaluate_source(recognizer: Recognizer, source: readers.Source, *, num_mista
 
 
 def evaluate(recognizer: Recognizer, spec: str, **kwargs) -> DatasetResult:
-  """``evaluate_source`` on the dataset named by ``spec`` (see ``readers.open_source``)."""
-  source = readers.open_source(spec, height=recognizer.height,
+  """``evaluate_source`` on the dataset named by ``spec`` (see ``specs.open_source``)."""
+  source = specs.open_source(spec, height=recognizer.height,
                                charset=recognizer.charset.chars if spec.startswith("synth:")
                                else None)
   result = evaluate_source(recognizer, source, **kwargs)

@@ -25,7 +25,7 @@ from crnn_jax import sharding
 from crnn_jax.data import index as index_lib
 from crnn_jax.data import labels as labels_lib
 from crnn_jax.data import loader as loader_lib
-from crnn_jax.data import mixture, plan, preprocess, readers
+from crnn_jax.data import mixture, plan, preprocess, readers, specs
 
 # Rendered images that tell which width bucket a word of each length lands in, and text
 # draws (cheap) that give a rendered member's share of each bucket.
@@ -35,7 +35,7 @@ _TEXT_SAMPLE = 4096
 
 def _open(spec: str, config: ml_collections.ConfigDict,
           charset: charset_lib.Charset) -> readers.Source:
-  return readers.open_source(spec, height=config.model.height,
+  return specs.open_source(spec, height=config.model.height,
                              charset=charset.chars if spec.startswith("synth:") else None)
 
 

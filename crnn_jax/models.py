@@ -179,6 +179,19 @@ class CRNN(nn.Module):
     return logits, logit_paddings
 
 
+def from_config(model_config, num_classes: int) -> CRNN:
+  """The ``CRNN`` a ``config.model`` group (or its dict, as checkpoints store it) describes.
+
+  The one place that maps a model config to a module: training builds its model here and
+  so does every loader of saved weights.
+  """
+  m = model_config
+  return CRNN(num_classes=num_classes, height=m["height"],
+              conv_features=tuple(m["conv_features"]), lstm_hidden=m["lstm_hidden"],
+              lstm_layers=m["lstm_layers"], dropout=m["dropout"],
+              conv_impl=m.get("conv_impl", "auto"))
+
+
 def count_params(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 

@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image, UnidentifiedImageError
@@ -76,10 +75,8 @@ class Loaded:
 
 def model_from_meta(meta: dict) -> tuple[models.CRNN, charset_lib.Charset]:
   """The model and charset a checkpoint's metadata describes, built as training builds them."""
-  from crnn_jax import train  # the one place that maps a model config to a CRNN
   charset = charset_lib.Charset(meta["charset"], case_fold=bool(meta.get("case_fold", False)))
-  config = ml_collections.ConfigDict({"model": meta["model"]})
-  return train.make_model(config, charset.num_classes), charset
+  return models.from_config(meta["model"], charset.num_classes), charset
 
 
 def load_checkpoint(path: str, *, device: jax.Device | None = None) -> Loaded:

@@ -38,10 +38,7 @@ def make_charset(config: ml_collections.ConfigDict) -> charset_lib.Charset:
 
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int) -> models.CRNN:
-  m = config.model
-  return models.CRNN(num_classes=num_classes, height=m.height,
-                     conv_features=tuple(m.conv_features), lstm_hidden=m.lstm_hidden,
-                     lstm_layers=m.lstm_layers, dropout=m.dropout, conv_impl=m.conv_impl)
+  return models.from_config(config.model, num_classes)
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

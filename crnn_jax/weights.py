@@ -3,7 +3,7 @@
 A weights file is what ships a model (``crnn_jax/pretrained/crnn_seed.npz``): unlike an
 Orbax checkpoint it is one small file without optimiser state, readable with numpy alone,
 and its integrity is checked on every load. Orbax does not check array data (a flipped
-byte in a checkpoint's array restores silently, see /work/shared/FACTS.md), so this format
+byte in a checkpoint's array restores silently), so this format
 carries its own SHA-256 digest.
 
 Layout: an uncompressed ``.npz`` (a zip of ``.npy`` arrays, ``np.load`` reads it, no

@@ -6,7 +6,7 @@
 One row per example: its label, the preprocessed original (grayscale, height 32), then
 --per_example augmented versions (crnn_jax.data.augment) of it, on a coloured background
 so that the crops' edges show. Examples are a random sample of the source (--seed); ones
-that cannot be read are skipped and counted. Any spec `crnn_jax.data.readers.open_source`
+that cannot be read are skipped and counted. Any spec `crnn_jax.data.specs.open_source`
 takes works, e.g. synth:1000.
 """
 
@@ -40,9 +40,9 @@ def main(argv):
   import numpy as np
   from PIL import Image, ImageDraw, ImageFont
 
-  from crnn_jax.data import augment, preprocess, readers
+  from crnn_jax.data import augment, preprocess, readers, specs
 
-  source = readers.open_source(_DATA.value, height=_HEIGHT.value)
+  source = specs.open_source(_DATA.value, height=_HEIGHT.value)
   order = np.random.default_rng(_SEED.value).permutation(len(source))
   rows, bad = [], 0
   for index in order:

@@ -7,7 +7,7 @@ from PIL import Image
 
 from crnn_jax import models
 from crnn_jax.charset import Charset
-from crnn_jax.data import batching, index, labels, plan, preprocess, readers
+from crnn_jax.data import batching, index, labels, plan, preprocess, specs
 
 from helpers import real
 
@@ -16,7 +16,7 @@ SVT = real("svt_train")
 
 def _prepare(spec_or_source, **kw):
   """A cached index (images preprocessed in memory), as evaluation sets and small sets get."""
-  source = readers.open_source(spec_or_source) if isinstance(spec_or_source, str) else (
+  source = specs.open_source(spec_or_source) if isinstance(spec_or_source, str) else (
       spec_or_source)
   args = dict(charset=Charset(), height=32, width_buckets=(64, 128, 256), cache=True)
   args.update(kw)
@@ -30,7 +30,7 @@ def _images(idx):
 
 
 def test_tsv_reader_on_real_svt_odd_sizes_and_colour_jpegs():
-  source = readers.open_source("tsv:" + SVT)
+  source = specs.open_source("tsv:" + SVT)
   assert len(source) == 257
   image, text, key = source.read(0)
   assert image.mode == "RGB" and key.endswith(".jpg") and text
@@ -84,9 +84,9 @@ def test_missing_and_corrupt_files_are_skipped_counted_and_named(tmp_path):
 
 def test_empty_or_unusable_dataset_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="no labels.tsv"):
-    readers.open_source(f"tsv:{tmp_path}")
+    specs.open_source(f"tsv:{tmp_path}")
   with pytest.raises(ValueError, match="does not exist"):
-    readers.open_source(f"tsv:{tmp_path}/nope")
+    specs.open_source(f"tsv:{tmp_path}/nope")
   (tmp_path / "labels.tsv").write_text("")
   prep = _prepare(f"tsv:{tmp_path}")
   with pytest.raises(ValueError, match=r"0 of 0 examples usable"):
@@ -138,11 +138,11 @@ def test_preprocess_accepts_arrays_pil_and_alpha():
 
 def test_spec_errors_name_the_spec():
   with pytest.raises(ValueError, match="unknown kind 'foo'"):
-    readers.open_source("foo:bar")
+    specs.open_source("foo:bar")
   with pytest.raises(ValueError, match="no kind"):
-    readers.open_source("justapath")
+    specs.open_source("justapath")
   with pytest.raises(ValueError, match="unknown option"):
-    readers.open_source("synth:10,colour=red")
+    specs.open_source("synth:10,colour=red")
 
 
 def _epoch_plan(seed):
@@ -205,18 +205,18 @@ def test_process_shards_are_disjoint_and_complete():
 def test_tsv_include_and_exclude_split_a_folder(tmp_path):
   names = [line.split("\t")[0] for line in open(os.path.join(SVT, "labels.tsv"))]
   (tmp_path / "val.txt").write_text("# a comment\n" + "\n".join(names[:10]) + "\n")
-  val = readers.open_source(f"tsv:{SVT},include={tmp_path}/val.txt")
-  train = readers.open_source(f"tsv:{SVT},exclude={tmp_path}/val.txt")
+  val = specs.open_source(f"tsv:{SVT},include={tmp_path}/val.txt")
+  train = specs.open_source(f"tsv:{SVT},exclude={tmp_path}/val.txt")
   assert len(val) == 10 and len(train) == len(names) - 10
   keys = {val.read(i)[2] for i in range(10)} | {train.read(i)[2] for i in range(len(train))}
   assert len(keys) == len(names)  # together exactly the folder, no overlap
   (tmp_path / "other.txt").write_text("images/not_in_svt.jpg\n")
   with pytest.raises(ValueError, match="not in labels.tsv"):
-    readers.open_source(f"tsv:{SVT},include={tmp_path}/other.txt")
+    specs.open_source(f"tsv:{SVT},include={tmp_path}/other.txt")
   with pytest.raises(ValueError, match="does not exist"):
-    readers.open_source(f"tsv:{SVT},exclude={tmp_path}/missing.txt")
+    specs.open_source(f"tsv:{SVT},exclude={tmp_path}/missing.txt")
   with pytest.raises(ValueError, match="unknown option"):
-    readers.open_source(f"tsv:{SVT},only={tmp_path}/val.txt")
+    specs.open_source(f"tsv:{SVT},only={tmp_path}/val.txt")
 
 
 def test_label_check_gives_ids_or_a_reason():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from crnn_jax.charset import Charset
-from crnn_jax.data import formats, index, readers
+from crnn_jax.data import formats, index, readers, specs, tfds_source
 
 BUCKETS = (64, 128)
 
@@ -80,7 +80,7 @@ def test_mjsynth_reads_the_tree_and_reports_every_problem(mjsynth_tree):
   top, root = mjsynth_tree
   # Either the tarball folder or 90kDICT32px itself.
   for path in (top, root):
-    source = readers.open_source(f"mjsynth:{path}")
+    source = specs.open_source(f"mjsynth:{path}")
     assert isinstance(source, formats.MJSynthSource) and len(source) == 12
   image, text, key = source.read(0)
   assert text == "Hello" and key == os.path.join(str(root), MJ_GOOD[0])
@@ -112,7 +112,7 @@ def test_mjsynth_known_unreadable_files_are_not_opened(mjsynth_tree, monkeypatch
 
 def test_mjsynth_splits_probe_and_pickle(mjsynth_tree):
   _, root = mjsynth_tree
-  val = readers.open_source(f"mjsynth:{root},split=val")
+  val = specs.open_source(f"mjsynth:{root},split=val")
   assert len(val) == 1 and val.read(0)[1] == "val" and val.spec.endswith(",split=val")
   source = formats.MJSynthSource(root)
   width, height, text, _ = source.probe(0)
@@ -120,9 +120,9 @@ def test_mjsynth_splits_probe_and_pickle(mjsynth_tree):
   again = pickle.loads(pickle.dumps(source))  # re-maps the annotation file
   assert len(again) == len(source) and again.read(1)[1] == "world"
   with pytest.raises(ValueError, match="split 'dev'"):
-    readers.open_source(f"mjsynth:{root},split=dev")
+    specs.open_source(f"mjsynth:{root},split=dev")
   with pytest.raises(ValueError, match="annotation_train.txt"):
-    readers.open_source(f"mjsynth:{root.parent}")
+    specs.open_source(f"mjsynth:{root.parent}")
   with pytest.raises(ValueError, match="no annotation_test.txt"):
     formats.MJSynthSource(root, "test")
 
@@ -160,7 +160,7 @@ def lmdb_path(tmp_path_factory):
 
 
 def test_lmdb_reads_dtrb_layout_and_reports_bad_records(lmdb_path):
-  source = readers.open_source(f"lmdb:{lmdb_path}")
+  source = specs.open_source(f"lmdb:{lmdb_path}")
   assert isinstance(source, formats.LmdbSource) and len(source) == 11
   image, text, key = source.read(1)
   assert text == "Hotel" and key.endswith("#000000002") and image.mode == "L"
@@ -179,7 +179,7 @@ def test_lmdb_reads_dtrb_layout_and_reports_bad_records(lmdb_path):
 
 def test_lmdb_errors_say_what_was_expected(tmp_path):
   with pytest.raises(ValueError, match="does not exist"):
-    readers.open_source(f"lmdb:{tmp_path}/nope")
+    specs.open_source(f"lmdb:{tmp_path}/nope")
   write_lmdb(tmp_path / "nocount", [])
   import lmdb
   env = lmdb.open(str(tmp_path / "nocount"))
@@ -206,7 +206,7 @@ def tfds_dir(tmp_path_factory):
 
 
 def test_tfds_spec_parsing():
-  parse = formats.parse_tfds_spec
+  parse = tfds_source.parse_tfds_spec
   assert parse("synth_words/n1_v1_s0_d100_h32:validation,data_dir=/d", "s") == (
       "synth_words/n1_v1_s0_d100_h32", "validation", {"data_dir": "/d"})
   assert parse("synth_words", "s") == ("synth_words", "train", {})
@@ -217,8 +217,8 @@ def test_tfds_spec_parsing():
 
 def test_tfds_source_reads_the_built_dataset(tfds_dir, monkeypatch):
   import tensorflow_datasets as tfds
-  source = readers.open_source(f"tfds:{SYNTH_NAME}:train,data_dir={tfds_dir}")
-  assert isinstance(source, formats.TfdsSource) and len(source) == 40
+  source = specs.open_source(f"tfds:{SYNTH_NAME}:train,data_dir={tfds_dir}")
+  assert isinstance(source, tfds_source.TfdsSource) and len(source) == 40
   truth = tfds.builder(SYNTH_NAME, data_dir=str(tfds_dir)).as_data_source("train")
   for i in (0, 17, 39):
     image, text, key = source.read(i)
@@ -227,7 +227,7 @@ def test_tfds_source_reads_the_built_dataset(tfds_dir, monkeypatch):
     assert source.probe(i)[:3] == (image.width, image.height, text)
   # The data dir from the environment, and another split.
   monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
-  val = readers.open_source(f"tfds:{SYNTH_NAME}:validation")
+  val = specs.open_source(f"tfds:{SYNTH_NAME}:validation")
   assert len(val) == 10 and val.read(0)[1] == truth_val(tfds_dir, 0)
   prep = _prepare(source)
   assert prep.report.total == 40 and prep.report.usable + sum(prep.report.skipped.values()) == 40
@@ -243,21 +243,21 @@ def truth_val(data_dir, i):
 
 def test_tfds_errors_name_the_problem_and_the_fix(tfds_dir, tmp_path):
   with pytest.raises(ValueError, match="not built.*make_dataset.py"):
-    readers.open_source(f"tfds:synth_words/n7_v1_s0_d100_h32:train,data_dir={tmp_path}")
+    specs.open_source(f"tfds:synth_words/n7_v1_s0_d100_h32:train,data_dir={tmp_path}")
   with pytest.raises(ValueError, match="no dataset 'no_such_set'"):
-    readers.open_source(f"tfds:no_such_set:train,data_dir={tmp_path}")
+    specs.open_source(f"tfds:no_such_set:train,data_dir={tmp_path}")
   with pytest.raises(ValueError, match="split 'dev'.*train.*validation"):
-    readers.open_source(f"tfds:{SYNTH_NAME}:dev,data_dir={tfds_dir}")
+    specs.open_source(f"tfds:{SYNTH_NAME}:dev,data_dir={tfds_dir}")
   with pytest.raises(ValueError, match="no label feature 'text'"):
-    readers.open_source(f"tfds:{SYNTH_NAME}:train,data_dir={tfds_dir},label=text")
+    specs.open_source(f"tfds:{SYNTH_NAME}:train,data_dir={tfds_dir},label=text")
   # Just built, named without its config: the error lists the exact spec to use.
   with pytest.raises(ValueError, match=f"name a config.*tfds:{SYNTH_NAME}:train,data_dir="):
-    readers.open_source(f"tfds:synth_words:train,data_dir={tfds_dir}")
+    specs.open_source(f"tfds:synth_words:train,data_dir={tfds_dir}")
 
 
 def test_two_processes_read_disjoint_shards_that_cover_the_dataset(tfds_dir, lmdb_path):
   for spec in (f"tfds:{SYNTH_NAME}:train,data_dir={tfds_dir}", f"lmdb:{lmdb_path}"):
-    source = readers.open_source(spec)
+    source = specs.open_source(spec)
     shards = [_prepare(source, process_index=p, process_count=2) for p in range(2)]
     keys = [set(_cached(prep, 'key')) for prep in shards]
     assert keys[0] and keys[1] and not keys[0] & keys[1]
@@ -289,12 +289,12 @@ def test_mjsynth_builder_skips_and_records_bad_files(mjsynth_tree, tmp_path):
   assert skipped == {"corrupt_image": 2, "missing_file": 1, "malformed_name": 1}
   assert any("192_whittier_86389" in m
              for m in builder.info.metadata["skipped_examples"]["train"]["corrupt_image"])
-  source = readers.open_source(f"tfds:mjsynth:train,data_dir={tmp_path}")
+  source = specs.open_source(f"tfds:mjsynth:train,data_dir={tmp_path}")
   assert len(source) == 8  # the charset and length checks happen at training time
   labels = sorted(source.read(i)[1] for i in range(len(source)))
   assert labels == sorted([formats.mjsynth_label(p) for p in MJ_GOOD]
                           + ["dash-word", "ab" * 20])
-  assert readers.open_source(f"tfds:mjsynth:validation,data_dir={tmp_path}").read(0)[1] == "val"
+  assert specs.open_source(f"tfds:mjsynth:validation,data_dir={tmp_path}").read(0)[1] == "val"
 
 
 def test_lmdb_and_text_folder_builders(lmdb_path, tmp_path):
@@ -303,7 +303,7 @@ def test_lmdb_and_text_folder_builders(lmdb_path, tmp_path):
                                     data_dir=str(tmp_path), num_threads=2)
   builder.download_and_prepare()
   assert builder.info.metadata["skipped"]["train"] == {"corrupt_image": 1, "missing_file": 1}
-  source = readers.open_source(f"tfds:lmdb_words/tiny:train,data_dir={tmp_path}")
+  source = specs.open_source(f"tfds:lmdb_words/tiny:train,data_dir={tmp_path}")
   assert sorted(source.read(i)[1] for i in range(len(source))) == sorted(LMDB_WORDS + ["café"])
 
   folder = tmp_path / "mine"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from crnn_jax.charset import Charset
-from crnn_jax.data import formats, index, labels, loader, plan, readers
+from crnn_jax.data import formats, index, labels, loader, plan, specs
 
 from test_formats import _word_image, write_lmdb
 
@@ -49,7 +49,7 @@ def _assert_batches_equal(a, b):
 
 
 def test_header_index_agrees_with_the_cache_and_batches_are_equal(tfds_spec):
-  source = readers.open_source(tfds_spec)
+  source = specs.open_source(tfds_spec)
   cached, headers, memory, stream = _both(source, seed=3)
   assert headers.cache is None and cached.cache is not None
   assert headers.report.usable == cached.report.usable and headers.report.skipped == (
@@ -62,7 +62,7 @@ def test_header_index_agrees_with_the_cache_and_batches_are_equal(tfds_spec):
 
 
 def test_resumed_loader_reads_what_an_uninterrupted_run_reads(tfds_spec):
-  source = readers.open_source(tfds_spec)
+  source = specs.open_source(tfds_spec)
   *_, stream = _both(source, seed=1, num_threads=2)
   n = stream.plan.steps_per_epoch + 3  # across an epoch boundary
   full = stream(0)
@@ -75,7 +75,7 @@ def test_resumed_loader_reads_what_an_uninterrupted_run_reads(tfds_spec):
 
 
 def test_worker_processes_give_the_same_batches(tfds_spec):
-  source = readers.open_source(tfds_spec)
+  source = specs.open_source(tfds_spec)
   _, _, memory, stream = _both(source, seed=2, num_workers=2, num_threads=1, prefetch=1)
   it = stream(4)
   for step in range(4, 8):
@@ -84,7 +84,7 @@ def test_worker_processes_give_the_same_batches(tfds_spec):
 
 
 def test_two_processes_index_disjoint_shards(tfds_spec):
-  source = readers.open_source(tfds_spec)
+  source = specs.open_source(tfds_spec)
   whole = index.build_index(source, **KW)
   parts = [index.build_index(source, process_index=p, process_count=2, **KW)
            for p in range(2)]

@@ -11,12 +11,11 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from crnn_jax import checkpoints, sharding, train
-from crnn_jax.data import index, loader, plan, readers
+from crnn_jax.data import index, loader, plan, specs
 
-from helpers import REPO, real, tiny_config
+from helpers import REPO, tiny_config
 
 STEPS = 20
 
@@ -93,7 +92,7 @@ def _kill_all(procs):
 def _reference_params(config):
   """1 process x 8 devices, fed the global batches the two processes build together."""
   charset = train.make_charset(config)
-  source = readers.open_source(config.data.train)
+  source = specs.open_source(config.data.train)
   idxs = [index.build_index(source, charset=charset, height=32,
                             width_buckets=config.data.width_buckets, process_index=i,
                             process_count=2) for i in range(2)]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from crnn_jax import charset as charset_lib
 from crnn_jax import decode, recognizer as recognizer_lib
-from crnn_jax.data import index, readers
+from crnn_jax.data import index, specs
 from crnn_jax.recognizer import Recognizer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -105,7 +105,7 @@ def test_preprocessing_is_the_training_pipeline(recognizer, tmp_path):
   """Real photos: the arrays the recognizer feeds equal those training batches hold."""
   lines = tiny_model.read_labels("svt_train")[:12]
   spec = tiny_model.write_tsv(str(tmp_path), "svt_train", lines)
-  idx = index.build_index(readers.open_source(spec), charset=recognizer.charset, height=32,
+  idx = index.build_index(specs.open_source(spec), charset=recognizer.charset, height=32,
                           width_buckets=recognizer.width_buckets)
   checked = 0
   for width, members in zip(idx.widths, idx.members):

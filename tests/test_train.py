@@ -6,19 +6,18 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from crnn_jax import checkpoints, sharding, train
-from crnn_jax.data import batching, index, readers
+from crnn_jax.data import batching, index, specs
 
 from helpers import REPO, real, tiny_config
 
 
 def _batch(config, n=16, seed=0):
   charset = train.make_charset(config)
-  idx = index.build_index(readers.open_source("tsv:" + real("svt_train")), charset=charset,
+  idx = index.build_index(specs.open_source("tsv:" + real("svt_train")), charset=charset,
                           height=32, width_buckets=(128,))
   rows = np.random.default_rng(seed).permutation(idx.members[0])[:n]
   cached = [idx.cache[int(i)] for i in rows]

@@ -1,12 +1,12 @@
-"""Sources for the datasets users bring: MJSynth trees, LMDB word sets, built TFDS datasets.
+"""Sources for the datasets users bring: MJSynth trees and LMDB word sets.
 
-Each class here is a ``readers.Source`` (random access, ``read(i) -> (image, text, key)``,
+Each class here is a ``Source`` (random access, ``read(i) -> (image, text, key)``,
 ``BadExample`` for one unusable example), so the data path (``index``, ``loader``)
 take them like ``tsv:`` and ``synth:``. They add ``probe(i) -> (width, height, text, key)``:
 the image size from the file header alone, which ``index.build_index`` uses to bucket by
 width without decoding pixels.
 
-Spec strings (``readers.open_source`` dispatches them here):
+Spec strings (``specs.open_source`` dispatches them here):
 
 - ``mjsynth:PATH[,split=train|val|test]``: the official MJSynth (Synth90k) tree, PATH the
   ``90kDICT32px`` folder (or the folder the tarball was unpacked in) holding
@@ -16,11 +16,7 @@ Spec strings (``readers.open_source`` dispatches them here):
   that does not decode is skipped too; both are counted and named in the data report.
 - ``lmdb:PATH``: an LMDB in the deep-text-recognition-benchmark layout: ``num-samples``,
   ``image-%09d`` (encoded image bytes) and ``label-%09d`` (UTF-8), indices from 1.
-- ``tfds:NAME[/CONFIG][:SPLIT][,data_dir=DIR]``: a built TFDS dataset read with
-  ``as_data_source`` (no TensorFlow), e.g. ``tfds:synth_words/n20000_v200_s0_d100_h32:train``.
-  The split defaults to ``train``; the data dir to TFDS's (``$TFDS_DATA_DIR``, else
-  ``~/tensorflow_datasets``). The image and label features are the dataset's supervised
-  keys (``image``/``label`` when it has none); ``,image=KEY,label=KEY`` pick others.
+(``tfds:`` specs live in ``tfds_source``, which uses this module's decoding.)
 
 Images are decoded here with Pillow (JPEGs straight to grayscale, which is all the model
 uses), never with TensorFlow, so a corrupt record is one counted ``BadExample`` instead of
@@ -38,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from crnn_jax.data import readers
+from crnn_jax.data.base import BadExample, Source
 
 # Files of the official MJSynth release that do not decode (empty or truncated JPEGs), as
 # listed by the projects that train on it (deep-text-recognition-benchmark users, Fuel's
@@ -87,7 +83,7 @@ def decode_image(data: bytes, key: str) -> Image.Image:
       data), 'empty_image' for a zero-size image.
   """
   if not data:
-    raise readers.BadExample("corrupt_image", key, "empty file (0 bytes)")
+    raise BadExample("corrupt_image", key, "empty file (0 bytes)")
   try:
     image = Image.open(io.BytesIO(data))
     if image.format == "JPEG" and image.mode in ("RGB", "L"):
@@ -97,9 +93,9 @@ def decode_image(data: bytes, key: str) -> Image.Image:
     image.load()
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
           struct.error) as e:
-    raise readers.BadExample("corrupt_image", key, f"unreadable image ({e})") from None
+    raise BadExample("corrupt_image", key, f"unreadable image ({e})") from None
   if image.width == 0 or image.height == 0:
-    raise readers.BadExample("empty_image", key,
+    raise BadExample("empty_image", key,
                              f"zero-size image {image.width}x{image.height}")
   return image
 
@@ -111,7 +107,7 @@ def image_size(data: bytes, key: str) -> tuple[int, int]:
     BadExample: as ``decode_image`` does, for what the header already shows.
   """
   if not data:
-    raise readers.BadExample("corrupt_image", key, "empty file (0 bytes)")
+    raise BadExample("corrupt_image", key, "empty file (0 bytes)")
   if data[:8] == _PNG_SIGNATURE and len(data) >= 24 and data[12:16] == b"IHDR":
     width, height = struct.unpack(">II", data[16:24])
   else:
@@ -120,9 +116,9 @@ def image_size(data: bytes, key: str) -> tuple[int, int]:
         width, height = image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
             struct.error) as e:
-      raise readers.BadExample("corrupt_image", key, f"unreadable image ({e})") from None
+      raise BadExample("corrupt_image", key, f"unreadable image ({e})") from None
   if width == 0 or height == 0:
-    raise readers.BadExample("empty_image", key, f"zero-size image {width}x{height}")
+    raise BadExample("empty_image", key, f"zero-size image {width}x{height}")
   return width, height
 
 
@@ -131,9 +127,9 @@ def _read_file(path: str) -> bytes:
     with open(path, "rb") as f:
       return f.read()
   except FileNotFoundError:
-    raise readers.BadExample("missing_file", path, "file not found") from None
+    raise BadExample("missing_file", path, "file not found") from None
   except OSError as e:
-    raise readers.BadExample("missing_file", path, f"cannot read ({e})") from None
+    raise BadExample("missing_file", path, f"cannot read ({e})") from None
 
 
 def _read_header(path: str, size: int = 65536) -> bytes:
@@ -145,9 +141,9 @@ def _read_header(path: str, size: int = 65536) -> bytes:
         head += f.read()  # JPEG markers may sit anywhere before SOF; files are small
       return head
   except FileNotFoundError:
-    raise readers.BadExample("missing_file", path, "file not found") from None
+    raise BadExample("missing_file", path, "file not found") from None
   except OSError as e:
-    raise readers.BadExample("missing_file", path, f"cannot read ({e})") from None
+    raise BadExample("missing_file", path, f"cannot read ({e})") from None
 
 
 def _text(value, key: str) -> str:
@@ -158,10 +154,10 @@ def _text(value, key: str) -> str:
     try:
       return value.decode("utf-8")
     except UnicodeDecodeError:
-      raise readers.BadExample("bad_label", key, f"label is not UTF-8: {value[:40]!r}") from None
+      raise BadExample("bad_label", key, f"label is not UTF-8: {value[:40]!r}") from None
   if isinstance(value, str):
     return value
-  raise readers.BadExample("bad_label", key, f"label is not text: {type(value).__name__}")
+  raise BadExample("bad_label", key, f"label is not text: {type(value).__name__}")
 
 
 # ----------------------------------------------------------------------------
@@ -193,7 +189,7 @@ def mjsynth_label(relative_path: str) -> str | None:
   return "_".join(parts[1:-1])
 
 
-class MJSynthSource(readers.Source):
+class MJSynthSource(Source):
   """One split of the official MJSynth tree; example i is line i of ``annotation_{split}.txt``.
 
   The annotation file is memory-mapped and only the line offsets are kept (58 MB for the
@@ -258,10 +254,10 @@ class MJSynthSource(readers.Source):
     rel, label = self.entry(index)
     path = os.path.join(self.root, rel)
     if rel in self.unreadable:
-      raise readers.BadExample("corrupt_image", path,
+      raise BadExample("corrupt_image", path,
                                "known unreadable MJSynth file (on the community list; not opened)")
     if label is None:
-      raise readers.BadExample("malformed_name", f"{self.annotation}:{index + 1}",
+      raise BadExample("malformed_name", f"{self.annotation}:{index + 1}",
                                f"file name {rel!r} is not INDEX_WORD_LEXICON.jpg")
     return path, label
 
@@ -292,7 +288,7 @@ def _lmdb_env(path: str):
   return _LMDB_ENVS[key]
 
 
-class LmdbSource(readers.Source):
+class LmdbSource(Source):
   """An LMDB of word images: ``num-samples``, ``image-%09d``, ``label-%09d`` (1-based).
 
   Example i is record i + 1. The environment is opened read-only and without locks, once
@@ -332,12 +328,12 @@ class LmdbSource(readers.Source):
     label = txn.get(b"label-%09d" % (index + 1))
     if image is None or label is None:
       missing = "image" if image is None else "label"
-      raise readers.BadExample("missing_file", key, f"no {missing}-{index + 1:09d} record")
+      raise BadExample("missing_file", key, f"no {missing}-{index + 1:09d} record")
     return image, _text(label, key), key
 
   def read(self, index: int):
     item = self.read_many([index])[0]
-    if isinstance(item, readers.BadExample):
+    if isinstance(item, BadExample):
       raise item
     return item
 
@@ -348,7 +344,7 @@ class LmdbSource(readers.Source):
         try:
           data, label, key = self._get(txn, i)
           out.append((decode_image(data, key), label, key))
-        except readers.BadExample as e:
+        except BadExample as e:
           out.append(e)
     return out
 
@@ -357,206 +353,3 @@ class LmdbSource(readers.Source):
       data, label, key = self._get(txn, index)
     width, height = image_size(data, key)
     return width, height, label, key
-
-
-# ----------------------------------------------------------------------------
-# TFDS.
-
-_TFDS_OPTIONS = ("data_dir", "image", "label")
-
-
-def parse_tfds_spec(rest: str, spec: str) -> tuple[str, str, dict]:
-  """'NAME[/CONFIG][:SPLIT][,data_dir=D][,image=K][,label=K]' -> (name, split, options).
-
-  Options are peeled from the right, so a config written as keyword arguments
-  (``synth_words/num_train=100,num_validation=10``) keeps its commas.
-  """
-  items = rest.split(",")
-  options = {}
-  while len(items) > 1:
-    key, sep, value = items[-1].partition("=")
-    if not sep or key.strip() not in _TFDS_OPTIONS:
-      break
-    options[key.strip()] = value.strip()
-    items.pop()
-  head = ",".join(items)
-  name, _, split = head.partition(":")
-  if not name:
-    raise ValueError(f"Dataset spec {spec!r}: expected tfds:NAME[/CONFIG][:SPLIT]"
-                     f"[,data_dir=DIR].")
-  return name, split or "train", options
-
-
-def _register_builders(name: str):
-  """Imports the project's builders a name may refer to, so TFDS can build or read them."""
-  base = name.split("/")[0].split(":")[0]
-  if base == "synth_words":
-    from crnn_jax.data import synth_words  # noqa: F401
-  elif base in ("mjsynth", "text_folder", "lmdb_words"):
-    from crnn_jax.data import tfds_builders  # noqa: F401
-
-
-def _built_configs(name: str, data_dir: str) -> list:
-  """Configs of dataset ``name`` with a built version (``dataset_info.json``) in ``data_dir``."""
-  root = os.path.join(data_dir, name)
-  if not os.path.isdir(root):
-    return []
-  return sorted(c for c in os.listdir(root) if any(
-      os.path.isfile(os.path.join(root, c, v, "dataset_info.json"))
-      for v in (os.listdir(os.path.join(root, c)) if os.path.isdir(os.path.join(root, c))
-                else ())))
-
-
-class TfdsSource(readers.Source):
-  """One split of a built TFDS dataset, through ``as_data_source`` (random access, no TF).
-
-  Images are fetched encoded (``tfds.decode.SkipDecoding``) and decoded here, so one
-  corrupt record is one ``BadExample`` and ``probe`` reads sizes from headers.
-
-  Args:
-    name: ``NAME`` or ``NAME/CONFIG`` as ``tfds.builder`` takes it.
-    split: a split name (TFDS slicing such as ``train[:10%]`` works too).
-    data_dir: TFDS data dir; None: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
-    image_key, label_key: features to read; default the supervised keys, else
-      'image' and 'label'.
-
-  Raises:
-    ValueError: if the dataset, the split or the features do not exist, or it is not built
-      (saying how to build it).
-  """
-
-  def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
-               image_key: str | None = None, label_key: str | None = None):
-    import tensorflow_datasets as tfds
-
-    self.name, self.split = name, split
-    # Read here, not at TFDS's import, so a TFDS_DATA_DIR set later still counts.
-    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
-    self.data_dir = os.path.expanduser(data_dir) if data_dir else None
-    self.spec = f"tfds:{name}:{split}" + (f",data_dir={self.data_dir}" if data_dir else "")
-    _register_builders(name)
-    try:
-      builder = tfds.builder(name, data_dir=self.data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-      raise ValueError(
-          f"Dataset {self.spec}: no dataset {name.split('/')[0]!r} is registered or built in "
-          f"{self.data_dir or 'the default TFDS data dir'}.") from None
-    except ValueError as e:  # unknown config and the like
-      raise ValueError(f"Dataset {self.spec}: {e}") from None
-    if not builder.is_prepared():
-      built = _built_configs(name, os.path.dirname(os.path.dirname(os.path.dirname(
-          builder.data_dir))))
-      if "/" not in name and built:
-        raise ValueError(
-            f"Dataset {self.spec}: name a config; built in this data dir: "
-            + ", ".join(f"tfds:{name}/{c}:{split}" + (f",data_dir={self.data_dir}"
-                                                      if self.data_dir else "")
-                        for c in built) + ".")
-      hint = ("python scripts/make_dataset.py --num N --data_dir DIR" if
-              name.startswith("synth_words") else
-              f"tfds.builder({name!r}, data_dir=...).download_and_prepare()")
-      raise ValueError(f"Dataset {self.spec}: not built in {builder.data_dir!r}. Build it "
-                       f"first ({hint}); see docs/data.md.")
-    supervised = builder.info.supervised_keys or ("image", "label")
-    self.image_key = image_key or supervised[0]
-    self.label_key = label_key or supervised[1]
-    features = builder.info.features
-    for what, key in (("image", self.image_key), ("label", self.label_key)):
-      if key not in features:
-        raise ValueError(f"Dataset {self.spec}: no {what} feature {key!r}; features are "
-                         f"{sorted(features.keys())} (choose with ,{what}=KEY).")
-    decoders = None
-    if isinstance(features[self.image_key], tfds.features.Image):
-      decoders = {self.image_key: tfds.decode.SkipDecoding()}
-    try:
-      self.source = builder.as_data_source(split, decoders=decoders)
-    except (ValueError, KeyError) as e:
-      raise ValueError(f"Dataset {self.spec}: cannot read split {split!r} ({e}); splits are "
-                       f"{sorted(builder.info.splits.keys())}.") from None
-    self.info = builder.info
-
-  def __len__(self) -> int:
-    return len(self.source)
-
-  def _key(self, index: int) -> str:
-    return f"{self.name}:{self.split}[{index}]"
-
-  def _example(self, record, index: int):
-    key = self._key(index)
-    label = _text(record[self.label_key], key)
-    image = record[self.image_key]
-    if isinstance(image, (bytes, np.bytes_)):
-      image = decode_image(bytes(image), key)
-    return image, label, key
-
-  def read(self, index: int):
-    item = self.read_many([index])[0]
-    if isinstance(item, readers.BadExample):
-      raise item
-    return item
-
-  def read_many(self, indices: Sequence[int]) -> list:
-    indices = [int(i) for i in indices]
-    records = self.source.__getitems__(indices)
-    out = []
-    for index, record in zip(indices, records):
-      try:
-        out.append(self._example(record, index))
-      except readers.BadExample as e:
-        out.append(e)
-    return out
-
-  def probe(self, index: int) -> tuple[int, int, str, str]:
-    record = self.source[int(index)]
-    key = self._key(index)
-    image = record[self.image_key]
-    if isinstance(image, (bytes, np.bytes_)):
-      width, height = image_size(bytes(image), key)
-    else:
-      height, width = np.asarray(image).shape[:2]
-    return width, height, _text(record[self.label_key], key), key
-
-  def probe_many(self, indices: Sequence[int]) -> list:
-    """``probe`` for several indices at once (one batched read); items may be ``BadExample``."""
-    indices = [int(i) for i in indices]
-    out = []
-    for index, record in zip(indices, self.source.__getitems__(indices)):
-      key = self._key(index)
-      try:
-        image = record[self.image_key]
-        if isinstance(image, (bytes, np.bytes_)):
-          width, height = image_size(bytes(image), key)
-        else:
-          height, width = np.asarray(image).shape[:2]
-        out.append((width, height, _text(record[self.label_key], key), key))
-      except readers.BadExample as e:
-        out.append(e)
-    return out
-
-
-# ----------------------------------------------------------------------------
-# Spec strings.
-
-KINDS = ("mjsynth", "lmdb", "tfds")
-
-
-def open_spec(kind: str, rest: str, spec: str) -> readers.Source:
-  """The source of a ``mjsynth:``, ``lmdb:`` or ``tfds:`` spec (``rest`` follows the colon).
-
-  Raises:
-    ValueError: for a malformed spec or a dataset that cannot be opened.
-  """
-  if kind == "mjsynth":
-    path, opts = readers._parse_options(rest, spec)
-    unknown = set(opts) - {"split"}
-    if unknown:
-      raise ValueError(f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
-                       f"mjsynth takes split=train|val|test.")
-    return MJSynthSource(path, opts.get("split", "train"))
-  if kind == "lmdb":
-    return LmdbSource(rest)
-  if kind == "tfds":
-    name, split, opts = parse_tfds_spec(rest, spec)
-    return TfdsSource(name, split, data_dir=opts.get("data_dir"),
-                      image_key=opts.get("image"), label_key=opts.get("label"))
-  raise ValueError(f"Dataset spec {spec!r}: {kind!r} is not one of {KINDS}.")

@@ -1,20 +1,14 @@
-"""Dataset sources named by spec strings, read one example at a time.
+"""The project's own sources: folders of images with a ``labels.tsv``, and rendered words.
 
-A source is random access: ``len(source)`` examples, ``source.read(i)`` returns
-``(image, text, key)`` where ``image`` is anything ``preprocess.to_pil_gray``
-takes and ``key`` names the example for reports (a path, an index). A problem
-with one example raises ``BadExample`` with a reason; the pipeline counts and
-reports those and carries on.
-
-Spec strings:
+Spec strings (``specs.open_source`` parses them):
 
 - ``synth:N[,seed=S][,difficulty=D]``: N words rendered by ``crnn_jax.data.render``;
   ``synth:inf[,...]`` an endless stream of them (for pretraining: no word image repeats).
 - ``tsv:PATH[,include=FILE][,exclude=FILE]``: a folder with ``labels.tsv``
   (``relative/path<TAB>label`` per line); ``include``/``exclude`` name files listing
   relative paths, one per line, to keep or to leave out (validation splits).
-- ``tfds:NAME[/CONFIG][:SPLIT][,data_dir=DIR]``, ``mjsynth:PATH[,split=...]``,
-  ``lmdb:PATH``: see ``crnn_jax.data.formats``.
+
+``BadExample`` and ``Source`` (``base``) are re-exported here for convenience.
 """
 
 from __future__ import annotations
@@ -24,41 +18,7 @@ from collections.abc import Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-
-class BadExample(Exception):
-  """One unusable example. ``reason`` is a short key used for counting."""
-
-  def __init__(self, reason: str, key: str, message: str):
-    super().__init__(f"{key}: {message}")
-    self.reason = reason
-    self.key = key
-    self.message = message
-
-
-class Source:
-  """Base class: ``len()`` examples, ``read(i) -> (image, text, key)``.
-
-  ``rendered`` sources make their images on demand (cheaply, deterministically): the
-  training loader renders them as batches need them instead of indexing them first.
-  """
-  spec: str = ""
-  rendered: bool = False
-
-  def __len__(self) -> int:
-    raise NotImplementedError
-
-  def read(self, index: int):
-    raise NotImplementedError
-
-  def read_many(self, indices: Sequence[int]) -> list:
-    """Reads several examples; each item is ``(image, text, key)`` or a ``BadExample``."""
-    out = []
-    for i in indices:
-      try:
-        out.append(self.read(i))
-      except BadExample as e:
-        out.append(e)
-    return out
+from crnn_jax.data.base import BadExample, Source
 
 
 class TsvSource(Source):
@@ -193,67 +153,3 @@ class SynthSource(Source):
                                         **self.kwargs)
       return [(img, text, f"synth[{i}]") for i, (img, text) in zip(indices, pairs)]
     return super().read_many(indices)
-
-
-def _parse_options(text: str, spec: str) -> tuple[str, dict]:
-  """'head,k=v,k2=v2' -> ('head', {'k': 'v', ...})."""
-  head, *rest = text.split(",")
-  opts = {}
-  for item in rest:
-    k, sep, v = item.partition("=")
-    if not sep:
-      raise ValueError(f"Dataset spec {spec!r}: option {item!r} is not key=value.")
-    opts[k.strip()] = v.strip()
-  return head, opts
-
-
-def open_source(spec: str, *, height: int = 32, charset: str | None = None) -> Source:
-  """The source a spec string names.
-
-  Args:
-    spec: ``synth:N|inf[,seed=S][,difficulty=D]``, ``tsv:PATH[,include=F][,exclude=F]``,
-      ``mjsynth:PATH[,split=S]``,
-      ``lmdb:PATH`` or ``tfds:NAME[/CONFIG][:SPLIT][,data_dir=DIR]`` (the last three in
-      ``crnn_jax.data.formats``).
-    height: render height for synthetic data.
-    charset: characters synthetic text may use (default: the renderer's).
-
-  Raises:
-    ValueError: for an unknown kind or malformed spec, naming it and the kinds known.
-  """
-  kind, sep, rest = spec.partition(":")
-  if not sep:
-    raise ValueError(
-        f"Dataset spec {spec!r} has no kind: use synth:N[,seed=S], tsv:PATH, mjsynth:PATH, "
-        f"lmdb:PATH or tfds:NAME[/CONFIG][:SPLIT].")
-  if kind == "synth":
-    head, opts = _parse_options(rest, spec)
-    unknown = set(opts) - {"seed", "difficulty", "workers"}
-    if unknown:
-      raise ValueError(f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
-                       f"synth takes seed, difficulty, workers.")
-    try:
-      n = None if head.strip() == "inf" else int(head)
-      seed = int(opts.get("seed", 0))
-      difficulty = float(opts["difficulty"]) if "difficulty" in opts else None
-      workers = int(opts["workers"]) if "workers" in opts else None
-    except ValueError:
-      raise ValueError(f"Dataset spec {spec!r}: expected synth:N[,seed=S][,difficulty=D] "
-                       f"with integer N (or inf) and S.") from None
-    if n is not None and n < 1:
-      raise ValueError(f"Dataset spec {spec!r}: N must be at least 1.")
-    return SynthSource(n, seed=seed, height=height, difficulty=difficulty, charset=charset,
-                       num_workers=workers)
-  if kind == "tsv":
-    path, opts = _parse_options(rest, spec)
-    unknown = set(opts) - {"include", "exclude"}
-    if unknown:
-      raise ValueError(f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
-                       f"tsv takes include=FILE and exclude=FILE.")
-    return TsvSource(os.path.expanduser(path), include=opts.get("include"),
-                     exclude=opts.get("exclude"), spec=spec)
-  if kind in ("mjsynth", "lmdb", "tfds"):
-    from crnn_jax.data import formats  # imports TFDS / lmdb only for these kinds
-    return formats.open_spec(kind, rest, spec)
-  raise ValueError(f"Dataset spec {spec!r}: unknown kind {kind!r}; known kinds: synth, tsv, "
-                   f"mjsynth, lmdb, tfds.")

@@ -30,7 +30,7 @@ source path or record, for reports).
     tfds_builders.build_mjsynth('/data/mjsynth', data_dir=DIR)
     # -> tfds:mjsynth:train, tfds:mjsynth:validation, tfds:mjsynth:test
 
-Importing this module registers the three builders with TFDS (``formats.TfdsSource`` imports
+Importing this module registers the three builders with TFDS (``tfds_source.TfdsSource`` imports
 it for those names); a built dataset also opens by name from its files without it.
 """
 
