@@ -60,14 +60,13 @@ def _describe(report: labels_lib.DataReport, what: str, seconds: float) -> tuple
 
 def _rendered_buckets(source: readers.Source, config, charset, widths: list,
                       frames: list) -> tuple[np.ndarray, np.ndarray]:
-  """(bucket per text length, share of each bucket) for a rendered source.
+  """(P(bucket | text length), share of each bucket) for a rendered source.
 
   Rendered words are not indexed, so their widths are unknown until they are drawn. A
-  fixed sample of rendered words tells which bucket a word of each length usually
-  lands in; the loader then picks, for a step of bucket b, the next word of the stream
-  whose length belongs to b (a cheap text draw, no rendering), so that few words need
-  squeezing. The shares count many text draws through that map, so the plan's bucket
-  probabilities match what the loader will pick.
+  fixed sample of rendered words tells how often a word of each length lands in each
+  bucket; for a step of bucket b the loader then accepts the stream's next words with
+  probability P(b | length) (a cheap text draw, no rendering), so the words of a bucket's
+  steps are distributed as the words that naturally land there, and few need squeezing.
   """
   votes = np.zeros((64, len(widths)))
   for item in source.read_many(range(min(_WIDTH_SAMPLE, len(source)))):
@@ -86,12 +85,11 @@ def _rendered_buckets(source: readers.Source, config, charset, widths: list,
     raise ValueError(f"data.train member {source.spec!r}: none of {_WIDTH_SAMPLE} rendered "
                      f"words is usable with this charset and these width buckets.")
   seen = np.flatnonzero(votes.sum(axis=1))
-  by_length = np.zeros(64, np.int64)
-  for n in range(64):  # unseen lengths take the nearest seen length's bucket
-    near = seen[np.argmin(np.abs(seen - n))]
-    by_length[n] = int(np.argmax(votes[near]))
-  lengths = [len(source.text(i)) for i in range(_TEXT_SAMPLE)]
-  shares = np.bincount(by_length[np.minimum(lengths, 63)], minlength=len(widths))
+  # Unseen lengths take the nearest seen length's distribution.
+  near = seen[np.argmin(np.abs(seen[None, :] - np.arange(64)[:, None]), axis=1)]
+  by_length = votes[near] / votes[near].sum(axis=1, keepdims=True)
+  lengths = np.minimum([len(source.text(i)) for i in range(_TEXT_SAMPLE)], 63)
+  shares = by_length[lengths].mean(axis=0)
   return by_length, shares / shares.sum()
 
 

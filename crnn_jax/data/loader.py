@@ -42,8 +42,9 @@ _MAX_TEXT_TRIES = 64
 class Feed:
   """One member of the training mixture: a source, indexed (with its ``Index``) or rendered.
 
-  ``bucket_of_length`` (rendered sources): the width bucket a word of each text length
-  usually lands in; rows of a step are filled with words of that step's bucket.
+  ``bucket_of_length`` (rendered sources): (max length + 1, buckets), the probability that
+  a word of each text length lands in each width bucket; rows of a step of bucket b take
+  words accepted with that probability.
   """
   source: readers.Source
   index: index_lib.Index | None = None
@@ -125,18 +126,26 @@ class TrainLoader:
     return img, ids
 
   def _pick_rendered(self, step: int, slot: int, member: int, bucket: int, ref: int) -> int:
-    """The first word, of ``ref`` and the row's replacements, whose length suits ``bucket``."""
+    """The first word, of ``ref`` and the row's replacements, accepted for ``bucket``.
+
+    Each candidate is accepted with the probability that a word of its length lands in
+    ``bucket`` (only its text is drawn, not its image): the accepted words are distributed
+    like those that land in the bucket naturally.
+    """
     feed = self.feeds[member]
     table = feed.bucket_of_length
     if table is None or len(self.widths) == 1:
       return ref
+    coins = np.random.default_rng([self.seed, step, self.process_index, slot, 2]).random(
+        _MAX_TEXT_TRIES)
     for attempt in range(_MAX_TEXT_TRIES):
       # Draws of their own, apart from the replacements of unusable examples.
       candidate = ref if attempt == 0 else self.plan.replacement(
           step, slot, _MAX_REPLACEMENTS + attempt, member, bucket)
-      if table[min(len(feed.source.text(candidate)), len(table) - 1)] == bucket:
+      length = min(len(feed.source.text(candidate)), len(table) - 1)
+      if coins[attempt] < table[length, bucket]:
         return candidate
-    return ref  # none found: the word is squeezed or padded into the bucket
+    return ref  # none accepted: the word is squeezed or padded into the bucket
 
   def _prefetch_reads(self, slots: plan_lib.Slots, step: int) -> dict:
     """Reads the rows that need a source read, one ``read_many`` per member (in index order)."""
