@@ -311,9 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   os.makedirs(workdir, exist_ok=True)
   ckpts = ckpt_lib.Checkpoints(workdir, max_to_keep=config.checkpoint.max_to_keep)
-  start = ckpts.latest_step()
+  state, start = ckpts.restore_intact(state, log=_log)
   if start is not None:
-    state, _ = ckpts.restore(state, start)
     _log(f"Resuming from the checkpoint at step {start} in {workdir} "
          f"(parameters, optimiser state, data position).")
   else:

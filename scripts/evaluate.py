@@ -64,9 +64,13 @@ def main(argv=None) -> int:
   if args.lexicon:
     with open(args.lexicon, encoding="utf-8") as f:
       lexicon = [line.strip() for line in f if line.strip()]
-  recognizer = Recognizer.from_checkpoint(
-      args.workdir or args.checkpoint, batch_size=args.batch_size, decode=args.decode,
-      beam_size=args.beam_size, lexicon=lexicon)
+  try:
+    recognizer = Recognizer.from_checkpoint(
+        args.workdir or args.checkpoint, batch_size=args.batch_size, decode=args.decode,
+        beam_size=args.beam_size, lexicon=lexicon)
+  except ValueError as e:  # no checkpoint, a corrupt one, a model it cannot build
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   print(f"checkpoint: {recognizer.checkpoint.where} (step {recognizer.checkpoint.step}); "
         f"decode: {args.decode}"
         + (f", beam {args.beam_size}" if args.decode != "greedy" else "")

@@ -50,9 +50,13 @@ def main(argv=None) -> int:
   if args.lexicon:
     with open(args.lexicon, encoding="utf-8") as f:
       lexicon = [line.strip() for line in f if line.strip()]
-  recognizer = recognizer_lib.Recognizer.from_checkpoint(
-      args.workdir or args.checkpoint, batch_size=args.batch_size, decode=args.decode,
-      beam_size=args.beam_size, top_k=args.top_k, lexicon=lexicon)
+  try:
+    recognizer = recognizer_lib.Recognizer.from_checkpoint(
+        args.workdir or args.checkpoint, batch_size=args.batch_size, decode=args.decode,
+        beam_size=args.beam_size, top_k=args.top_k, lexicon=lexicon)
+  except ValueError as e:  # no checkpoint, a corrupt one, a model it cannot build
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   paths = recognizer_lib.expand_paths(args.inputs)
   failed = 0
   for r in recognizer_lib.recognize_files(recognizer, paths):
