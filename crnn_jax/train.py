@@ -24,7 +24,7 @@ from flax.training import train_state
 
 from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
-from crnn_jax import losses, metrics, models, sharding
+from crnn_jax import losses, metrics, models, nonfinite, sharding
 from crnn_jax.data import pipeline, readers
 
 
@@ -101,7 +101,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int 
     rng: base key; the step is folded in, so every step differs.
 
   Returns:
-    (new state, metrics dict of scalars: loss, num_infeasible, grad_norm, learning_rate).
+    (new state, metrics dict of scalars: loss, num_infeasible, grad_norm, nonfinite).
+    A step whose loss or gradient norm is not finite is skipped: parameters,
+    optimiser state and BatchNorm statistics stay as they were, only ``step``
+    advances (so the data position and checkpoint numbers keep following the
+    loop), and ``nonfinite`` is 1.
   """
   rng = jax.random.fold_in(rng, state.step)
 
@@ -114,9 +118,17 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int 
     return loss, (aux, updates)
 
   (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # A branch, not jnp.where over the trees: the skipped update is never computed and
+  # the kept state is the donated buffers, so the guard costs one scalar test.
+  state = jax.lax.cond(
+      finite,
+      lambda s: s.apply_gradients(grads=grads, batch_stats=updates["batch_stats"]),
+      lambda s: s.replace(step=s.step + 1),
+      state)
   return state, {"loss": loss, "num_infeasible": aux["num_infeasible"],
-                 "grad_norm": optax.tree.norm(grads)}
+                 "grad_norm": grad_norm, "nonfinite": (~finite).astype(jnp.int32)}
 
 
 def eval_step(state: TrainState, batch: dict, *, blank_id: int = 0) -> dict:
@@ -200,7 +212,7 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
   """Checks derived constraints once, raising ValueError that says what to change."""
   sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
-  for name in ("num_steps", "log_every_steps"):
+  for name in ("num_steps", "log_every_steps", "max_nonfinite_steps"):
     if config.train[name] < 1:
       raise ValueError(f"train.{name} must be at least 1; got {config.train[name]}.")
   for group in ("eval", "checkpoint"):
@@ -336,16 +348,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_steps = config.train.num_steps
   result = {}
   step = start
+  skips = nonfinite.Streak(config.train.max_nonfinite_steps)
   with _StopRequested() as stop:
     t_log, n_log = time.time(), 0
     t_start = time.time()
     train_iter = batches(start)  # streaming: worker processes start reading ahead here
     for step in range(start, num_steps):
-      host_batch = next(train_iter)
+      host_batch = nonfinite.poison_for_test(next(train_iter), step + 1)
       state, m = p_train(state, sharding.to_global(host_batch, mesh), step_rng)
       n_log += config.train.batch_size
       done = step + 1
-      if done % config.train.log_every_steps == 0 or done == num_steps or done == start + 1:
+      log_now = done % config.train.log_every_steps == 0 or done == num_steps or done == start + 1
+      if skips.add(done, m["nonfinite"], read_all=log_now):
+        train_iter.close()
+        ckpts.wait()
+        raise skips.error(ckpts.latest_step())
+      if log_now:
         m = jax.device_get(m)
         dt = time.time() - t_log
         ips = n_log / max(dt, 1e-9)
@@ -353,11 +371,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         lr = float(make_schedule(config)(done))
         _log(f"step {done}/{num_steps}  loss {m['loss']:.4f}  images/s {ips:.1f}  "
              f"ETA {_hms(eta)}  lr {lr:.2e}  masked {int(m['num_infeasible'])}"
+             + (f"  skipped {skips.total} non-finite" if skips.total else "")
              + ("  (includes compile)" if done == start + 1 else ""))
         if writer:
           writer.scalars(done, {"train/loss": m["loss"], "train/learning_rate": lr,
                                 "train/masked_examples": m["num_infeasible"],
-                                "train/grad_norm": m["grad_norm"], "train/images_per_s": ips})
+                                "train/grad_norm": m["grad_norm"], "train/images_per_s": ips,
+                                "train/nonfinite_steps": skips.total})
         t_log, n_log = time.time(), 0
       last = done == num_steps
       if done % config.eval.every_steps == 0 or last:
