@@ -24,7 +24,7 @@ from flax.training import train_state
 
 from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
-from crnn_jax import losses, metrics, models, nonfinite, sharding
+from crnn_jax import distributed, losses, metrics, models, nonfinite, sharding
 from crnn_jax.data import pipeline, readers
 
 
@@ -239,8 +239,10 @@ class _StopRequested:
     if self.signum is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C stops at once
     self.signum = signum
-    _log(f"\n{signal.Signals(signum).name} received: saving a checkpoint, then stopping "
-         f"(Ctrl-C again to abort without saving).")
+    # Printed by the process that got it (the others say nothing until they stop with it).
+    who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+    print(f"\n{who}{signal.Signals(signum).name} received: saving a checkpoint, then "
+          f"stopping (Ctrl-C again to abort without saving).", flush=True)
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
@@ -347,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   num_steps = config.train.num_steps
   result = {}
-  step = start
+  step, stopping = start, False
   skips = nonfinite.Streak(config.train.max_nonfinite_steps)
   with _StopRequested() as stop:
     t_log, n_log = time.time(), 0
@@ -394,9 +396,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.samples(done, samples)
         ckpts.save_best(done, state, meta, result)
         t_log, n_log = time.time(), 0
-      if done % config.checkpoint.every_steps == 0 or last or stop.signum is not None:
+      # Every process stops after the same step, whichever got the signal.
+      stopping = distributed.any_process(stop.signum is not None)
+      if done % config.checkpoint.every_steps == 0 or last or stopping:
         ckpts.save(done, state, meta, force=True)
-      if stop.signum is not None:
+      if stopping:
         train_iter.close()
         ckpts.wait()
         _log(f"Stopped at step {done}; checkpoint saved in {workdir}. Run the same command "
@@ -415,7 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"{params_checksum(state.params)}", flush=True)
   if writer:
     writer.close()
-  if result and stop.signum is None:
+  if result and not stopping:
     _log(f"Finished {num_steps} steps in {_hms(time.time() - t_start)}. Validation "
          f"({config.data.eval}, n={result['n']}): word accuracy {result['word_acc']:.4f}, "
          f"case-insensitive {result['word_acc_ci']:.4f}, CER {result['cer']:.4f}.")
