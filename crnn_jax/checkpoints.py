@@ -99,9 +99,9 @@ def verify(tree, meta: dict, where: str) -> None:
   missing = sorted(saved.keys() - got.keys())
   extra = sorted(got.keys() - saved.keys())
   if differ or missing or extra:
-    parts = ([f"data of {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''} "
-              f"({len(differ)} of {len(saved)} arrays) differ from the digests taken at save"]
-             if differ else [])
+    more = " ..." if len(differ) > 3 else ""
+    parts = ([(f"data of {', '.join(differ[:3])}{more} ({len(differ)} of {len(saved)} "
+               f"arrays) differ from the digests taken at save")] if differ else [])
     parts += [f"arrays missing: {missing[:3]}"] if missing else []
     parts += [f"arrays not saved: {extra[:3]}"] if extra else []
     raise CheckpointError(f"Checkpoint {where} is corrupt: {'; '.join(parts)}. It cannot be "
@@ -282,7 +282,7 @@ def guarded_read(what: Callable, where: str):
   """Runs a read of checkpoint ``where``, turning any failure into a CheckpointError."""
   try:
     return what()
-  except Exception as e:  # noqa: BLE001 (tensorstore, JSON, missing files: all mean unreadable)
+  except Exception as e:  # tensorstore, JSON, missing files: all mean unreadable
     first = (str(e).strip().splitlines() or [""])[0][:300]
     raise CheckpointError(f"Checkpoint {where} cannot be read ({type(e).__name__}: "
                           f"{first}). It is incomplete or damaged; use another "
