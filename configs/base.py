@@ -80,6 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.seed = 0
   # Print progress (step, loss, images/s, ETA) every this many steps.
   config.train.log_every_steps = 50
+  # Steps with a non-finite loss or gradient norm are skipped (no update) and counted;
+  # this many in a row stop training with an error (the run has diverged).
+  config.train.max_nonfinite_steps = 10
 
   config.eval = ml_collections.ConfigDict()
   # Evaluate on data.eval every this many steps (and at the end).

@@ -2,6 +2,8 @@
 
 One process per host (or per GPU under SLURM/Open MPI). ``initialize`` is a no-op
 for a single process, so the same command runs on one CPU and on a pod slice.
+``any_process`` turns a local decision (a SIGTERM seen by one host, a checkpoint that
+one host could not read) into the same decision on every process.
 """
 
 from __future__ import annotations
@@ -97,3 +99,15 @@ def check_agreement(config) -> None:
                      for i, d in enumerate(decoded))
     raise ValueError(f"The {len(decoded)} processes disagree on {sorted(differ)} ({rows}). "
                      f"Launch every process with the same config, overrides and device count.")
+
+
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is true on any process; the same answer on every process.
+
+  Every process must call it at the same point: it is one all-gather of one byte
+  (none with a single process). The training loop calls it once per step so that a
+  SIGTERM reaching one host stops every host after the same step.
+  """
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(sharding.allgather(np.uint8(bool(flag))).any())

@@ -93,20 +93,24 @@ def load_checkpoint(path: str, *, device: jax.Device | None = None) -> Loaded:
 
   Raises:
     ValueError: if there is no checkpoint at ``path``.
+    checkpoints.CheckpointError: (a ValueError) if it cannot be read or its arrays
+      differ from the digests saved with it.
   """
   manager, step = ckpt_lib.open_checkpoint(path)
-  meta = ckpt_lib.read_meta(manager, step)
+  where = os.path.join(str(manager.directory), str(step))
+  meta = ckpt_lib.guarded_read(lambda: ckpt_lib.read_meta(manager, step), where)
   device = device or jax.devices()[0]
   one = jax.sharding.SingleDeviceSharding(device)
   # No target tree: the optimiser's structure is not in the metadata. The fallback
   # sharding applies when the saved device layout does not exist in this process.
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(fallback_sharding=one)))["state"]
+  state = ckpt_lib.guarded_read(lambda: manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(fallback_sharding=one)))["state"], where)
+  # Every array, optimiser state included: a damaged file anywhere means a damaged copy.
+  ckpt_lib.verify(state, meta, where)
   variables = jax.device_put(
       {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, one)
   model, charset = model_from_meta(meta)
-  return Loaded(model, variables, charset, meta, step, os.path.join(str(manager.directory),
-                                                                    str(step)))
+  return Loaded(model, variables, charset, meta, step, where)
 
 
 def load_weights_file(path: str, *, device: jax.Device | None = None) -> Loaded:

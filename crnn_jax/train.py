@@ -24,7 +24,7 @@ from flax.training import train_state
 
 from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
-from crnn_jax import inputs, losses, metrics, models, sharding
+from crnn_jax import distributed, inputs, losses, metrics, models, nonfinite, sharding
 from crnn_jax.data import batching
 
 
@@ -98,7 +98,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int 
     rng: base key; the step is folded in, so every step differs.
 
   Returns:
-    (new state, metrics dict of scalars: loss, num_infeasible, grad_norm, learning_rate).
+    (new state, metrics dict of scalars: loss, num_infeasible, grad_norm, nonfinite).
+    A step whose loss or gradient norm is not finite is skipped: parameters,
+    optimiser state and BatchNorm statistics stay as they were, only ``step``
+    advances (so the data position and checkpoint numbers keep following the
+    loop), and ``nonfinite`` is 1.
   """
   rng = jax.random.fold_in(rng, state.step)
 
@@ -111,9 +115,17 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int 
     return loss, (aux, updates)
 
   (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # A branch, not jnp.where over the trees: the skipped update is never computed and
+  # the kept state is the donated buffers, so the guard costs one scalar test.
+  state = jax.lax.cond(
+      finite,
+      lambda s: s.apply_gradients(grads=grads, batch_stats=updates["batch_stats"]),
+      lambda s: s.replace(step=s.step + 1),
+      state)
   return state, {"loss": loss, "num_infeasible": aux["num_infeasible"],
-                 "grad_norm": optax.tree.norm(grads)}
+                 "grad_norm": grad_norm, "nonfinite": (~finite).astype(jnp.int32)}
 
 
 def eval_step(state: TrainState, batch: dict, *, blank_id: int = 0) -> dict:
@@ -165,7 +177,7 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
   """Checks derived constraints once, raising ValueError that says what to change."""
   sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
-  for name in ("num_steps", "log_every_steps"):
+  for name in ("num_steps", "log_every_steps", "max_nonfinite_steps"):
     if config.train[name] < 1:
       raise ValueError(f"train.{name} must be at least 1; got {config.train[name]}.")
   for group in ("eval", "checkpoint"):
@@ -192,8 +204,10 @@ class _StopRequested:
     if self.signum is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C stops at once
     self.signum = signum
-    _log(f"\n{signal.Signals(signum).name} received: saving a checkpoint, then stopping "
-         f"(Ctrl-C again to abort without saving).")
+    # Printed by the process that got it (the others say nothing until they stop with it).
+    who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+    print(f"\n{who}{signal.Signals(signum).name} received: saving a checkpoint, then "
+          f"stopping (Ctrl-C again to abort without saving).", flush=True)
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
@@ -288,9 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   os.makedirs(workdir, exist_ok=True)
   ckpts = ckpt_lib.Checkpoints(workdir, max_to_keep=config.checkpoint.max_to_keep)
-  start = ckpts.latest_step()
+  state, start = ckpts.restore_intact(state, log=_log)
   if start is not None:
-    state, _ = ckpts.restore(state, start)
     _log(f"Resuming from the checkpoint at step {start} in {workdir} "
          f"(parameters, optimiser state, data position).")
   else:
@@ -313,7 +326,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   num_steps = config.train.num_steps
   result = {}
-  step = start
+  step, stopping = start, False
+  skips = nonfinite.Streak(config.train.max_nonfinite_steps)
   with _StopRequested() as stop:
     t_log, n_log = time.time(), 0
     t_start = time.time()
@@ -321,13 +335,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     member_rows = np.zeros(len(member_names))
     train_iter = batches(start)  # worker processes start preparing batches here
     for step in range(start, num_steps):
-      host_batch = next(train_iter)
+      host_batch = nonfinite.poison_for_test(next(train_iter), step + 1)
       state, m = p_train(state, sharding.to_global(host_batch, mesh), step_rng)
       n_log += config.train.batch_size
       if writer:
         member_rows += batches.member_counts(step)
       done = step + 1
-      if done % config.train.log_every_steps == 0 or done == num_steps or done == start + 1:
+      log_now = done % config.train.log_every_steps == 0 or done == num_steps or done == start + 1
+      if skips.add(done, m["nonfinite"], read_all=log_now):
+        train_iter.close()
+        ckpts.wait()
+        raise skips.error(ckpts.latest_step())
+      if log_now:
         m = jax.device_get(m)
         dt = time.time() - t_log
         ips = n_log / max(dt, 1e-9)
@@ -335,12 +354,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         lr = float(make_schedule(config)(done))
         _log(f"step {done}/{num_steps}  loss {m['loss']:.4f}  images/s {ips:.1f}  "
              f"ETA {_hms(eta)}  lr {lr:.2e}  masked {int(m['num_infeasible'])}"
+             + (f"  skipped {skips.total} non-finite" if skips.total else "")
              + ("  (includes compile)" if done == start + 1 else ""))
         if writer:
           shares = member_rows / max(member_rows.sum(), 1)
           writer.scalars(done, {"train/loss": m["loss"], "train/learning_rate": lr,
                                 "train/masked_examples": m["num_infeasible"],
                                 "train/grad_norm": m["grad_norm"], "train/images_per_s": ips,
+                                "train/nonfinite_steps": skips.total,
                                 **{f"train/share/{n}": v for n, v in zip(member_names, shares)}})
         member_rows = np.zeros(len(member_names))
         t_log, n_log = time.time(), 0
@@ -371,9 +392,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.samples(done, samples)
         ckpts.save_best(done, state, meta, {"word_acc": selected})
         t_log, n_log = time.time(), 0
-      if done % config.checkpoint.every_steps == 0 or last or stop.signum is not None:
+      # Every process stops after the same step, whichever got the signal.
+      stopping = distributed.any_process(stop.signum is not None)
+      if done % config.checkpoint.every_steps == 0 or last or stopping:
         ckpts.save(done, state, meta, force=True)
-      if stop.signum is not None:
+      if stopping:
         train_iter.close()
         ckpts.wait()
         _log(f"Stopped at step {done}; checkpoint saved in {workdir}. Run the same command "
@@ -392,7 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"{params_checksum(state.params)}", flush=True)
   if writer:
     writer.close()
-  if result and stop.signum is None:
+  if result and not stopping:
     _log(f"Finished {num_steps} steps in {_hms(time.time() - t_start)}.")
     for name, r in result["sets"].items():
       _log(f"Validation [{name}] (n={r['n']}): word accuracy {r['word_acc']:.4f}, "

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
       recognizer = Recognizer.from_weights(args.weights or "pretrained", **options)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return 1
   loaded = recognizer.checkpoint
   print(f"model: {loaded.describe()}", file=sys.stderr, flush=True)
   print(f"{loaded.kind}: {loaded.where} (step {loaded.step}); decode: {args.decode}"

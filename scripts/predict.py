@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                                                           **options)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return 1
   print(f"model: {recognizer.checkpoint.describe()}", file=sys.stderr, flush=True)
   paths = recognizer_lib.expand_paths(args.inputs)
   failed = 0

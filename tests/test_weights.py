@@ -229,7 +229,7 @@ def test_default_model_is_the_shipped_file(weights_file, tmp_path, monkeypatch, 
   with pytest.raises(ValueError, match="pretrained model is not in this copy"):
     Recognizer.pretrained()
   image = os.path.join(SVT, "3.jpg")
-  assert predict.main([image]) == 2
+  assert predict.main([image]) == 1
   assert "absent.npz does not exist" in capsys.readouterr().err
 
   monkeypatch.setattr(weights, "PRETRAINED_FILE", weights_file)
