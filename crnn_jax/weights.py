@@ -177,7 +177,10 @@ def save_weights(path: str, variables: Mapping, meta: Mapping[str, Any], *,
     raise ValueError(f"meta lacks {missing}; give the checkpoint's metadata (model config "
                      f"and charset), e.g. recognizer.load_checkpoint(workdir).meta.")
   try:
-    meta_json = json.dumps(dict(meta), indent=1, sort_keys=True, ensure_ascii=False)
+    # A checkpoint's per-array digests (checkpoints.digests) describe its float32 arrays and
+    # optimiser state, not this file: the file's own SHA-256 covers what it holds.
+    meta_json = json.dumps({k: v for k, v in meta.items() if k != "digests"}, indent=1,
+                           sort_keys=True, ensure_ascii=False)
   except (TypeError, ValueError) as e:
     raise ValueError(f"meta must be JSON-serialisable: {e}.") from None
 
