@@ -275,7 +275,10 @@ class Recognizer:
     Keyword arguments are those of ``Recognizer`` (batch size, decoding); the width
     buckets and resize mode come from the checkpoint unless given.
     """
-    loaded = load_checkpoint(path)
+    return cls._from_loaded(load_checkpoint(path), **kwargs)
+
+  @classmethod
+  def _from_loaded(cls, loaded: Loaded, **kwargs) -> "Recognizer":
     data = loaded.meta.get("data", {})
     kwargs.setdefault("width_buckets", data.get("width_buckets", (128,)))
     kwargs.setdefault("resize_mode", data.get("resize_mode", "pad"))
@@ -293,13 +296,7 @@ class Recognizer:
     Raises:
       ValueError: if the file is missing or corrupt.
     """
-    loaded = load_weights_file(path)
-    data = loaded.meta.get("data", {})
-    kwargs.setdefault("width_buckets", data.get("width_buckets", (128,)))
-    kwargs.setdefault("resize_mode", data.get("resize_mode", "pad"))
-    recognizer = cls(loaded.model, loaded.variables, loaded.charset, **kwargs)
-    recognizer.checkpoint = loaded
-    return recognizer
+    return cls._from_loaded(load_weights_file(path), **kwargs)
 
   @classmethod
   def pretrained(cls, **kwargs) -> "Recognizer":
