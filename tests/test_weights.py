@@ -288,8 +288,12 @@ shipped = pytest.mark.skipif(
 
 @shipped
 def test_shipped_model_reads_clean_words_and_the_example():
-  """The shipped file verifies, is the seed model, reads at least 4 of 5 words rendered
-  at difficulty 0 exactly, and ``scripts/predict.py examples/word.png`` prints the word.
+  """The shipped file verifies, is the seed model, reads at least 28 of 40 words rendered
+  at difficulty 0 (the benchmark protocol: case and punctuation ignored), and
+  ``scripts/predict.py examples/word.png`` prints the word.
+
+  The interim model shipped at step 3,000 of the pretraining run reads 32 of 40 (30
+  exactly); an untrained or random model reads none.
 
   Breaks if the file is corrupt or another model, if it was exported from an untrained
   or broken checkpoint, or if the default model path of predict.py does not reach it.
@@ -297,7 +301,7 @@ def test_shipped_model_reads_clean_words_and_the_example():
   sys.path.insert(0, os.path.join(REPO, "examples"))
   import make_word  # examples/make_word.py
 
-  from crnn_jax import models
+  from crnn_jax import metrics, models
   from crnn_jax.data.render import Renderer
 
   rec = Recognizer.pretrained()
@@ -305,9 +309,11 @@ def test_shipped_model_reads_clean_words_and_the_example():
   assert models.count_params(rec.variables["params"]) == 6_617_663
   assert models.count_params(rec.variables["batch_stats"]) == 2_048
   renderer = Renderer(seed=7, height=32, difficulty=0.0)
-  images, texts = zip(*(renderer.render(i) for i in range(5)))
+  images, texts = zip(*(renderer.render(i) for i in range(40)))
   read = [t for t, _ in rec(list(images))]
-  assert sum(a == b for a, b in zip(read, texts)) >= 4, list(zip(texts, read))
+  right = sum(metrics.benchmark_normalize(a) == metrics.benchmark_normalize(b)
+              for a, b in zip(read, texts))
+  assert right >= 28, list(zip(texts, read))
 
   example = os.path.join(REPO, "examples", "word.png")
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
