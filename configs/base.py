@@ -49,7 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Labels with characters outside the charset: 'skip' (counted, reported) or 'error'.
   config.data.unknown_chars = "skip"
   # Worker processes preparing training batches (reading, rendering, augmenting) ahead of
-  # the step; 0 prepares them in the training process.
+  # the step; 0 prepares them in the training process, as do sets held in memory without
+  # augmentation (nothing to do but assemble batches).
   config.data.num_workers = 2
   # Augmentation strength in [0, 1] for every training example, real or rendered
   # (crnn_jax/data/augment.py); 0 (the seed's behaviour) turns it off.

@@ -157,8 +157,13 @@ def train_loader(config: ml_collections.ConfigDict, charset: charset_lib.Charset
         f"{m.spec} {s:.1%}" for m, s in zip(members, batch_plan.expected_shares))
         + "; width buckets " + ", ".join(
             f"{w}: {p:.1%}" for w, p in zip(widths, batch_plan.bucket_probs)))
-  workers = int(d.num_workers)
-  log(f"train input: {workers} worker process(es), augmentation strength {d.augment}")
+  # Batches of cached examples cost only their assembly: worker processes pay off where
+  # examples are rendered, read from disk or augmented.
+  busy = d.augment > 0 or any(f.index is None or f.index.cache is None for f in feeds)
+  workers = int(d.num_workers) if busy else 0
+  log(f"train input: {workers} worker process(es)"
+      + ("" if busy else " (cached data, nothing to render, read or augment)")
+      + f", augmentation strength {d.augment}")
   return loader_lib.TrainLoader(
       feeds, batch_plan, widths=widths, frames=frames, batch_size=per_host, charset=charset,
       height=config.model.height, resize_mode=d.resize_mode, augment=d.augment,
