@@ -105,7 +105,8 @@ class SynthSource(Source):
 
   def __init__(self, n: int | None, *, seed: int = 0, height: int = 32,
                difficulty: float | None = None, charset: str | None = None,
-               num_workers: int | None = None):
+               num_workers: int | None = None, soft: float | None = None,
+               extrude: float | None = None):
     from crnn_jax.data import render  # Pillow-heavy; only when synthetic data is used.
     self._render = render
     self.n = n
@@ -117,9 +118,12 @@ class SynthSource(Source):
       self.kwargs["difficulty"] = difficulty
     if charset is not None:
       self.kwargs["charset"] = charset
+    looks = {"soft": soft, "extrude": extrude}
+    self.kwargs.update({k: v for k, v in looks.items() if v is not None})
     self.endless = n is None
     self.spec = f"synth:{'inf' if n is None else n},seed={seed}" + (
-        f",difficulty={difficulty}" if difficulty is not None else "")
+        f",difficulty={difficulty}" if difficulty is not None else "") + "".join(
+            f",{k}={v}" for k, v in looks.items() if v is not None)
 
   def __len__(self) -> int:
     return ENDLESS_LENGTH if self.endless else self.n

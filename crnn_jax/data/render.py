@@ -273,6 +273,13 @@ class Renderer:
       frequency_power: words are drawn with probability proportional to
         frequency ** frequency_power: 1 follows English usage, 0 is uniform over the list.
       font_sources: which of `fonts.SOURCES` to draw fonts from.
+      soft: probability (times `difficulty`) that an image has the look of small text in a
+        street photo: low contrast (35-100 luminance levels) and blur or low resolution that
+        leaves the text 9-16 pixels of effective height (the default draws keep >= 16).
+      extrude: probability (times `difficulty`) of 3-D lettering: the glyphs repeated along
+        a direction in a darker or lighter shade, as on signs and shop fronts.
+      Both are drawn from a generator of their own, so at 0 (the default) every image is the
+      same as without them.
 
     Raises:
       ValueError: on an argument outside its range, an empty charset, or a charset that no
@@ -293,6 +300,8 @@ class Renderer:
         lexicon_size: int = 100_000,
         frequency_power: float = 0.5,
         font_sources: Sequence[str] = fonts.SOURCES,
+        soft: float = 0.0,
+        extrude: float = 0.0,
     ):
         _check(isinstance(seed, int) and seed >= 0, f"seed: expected an int >= 0, got {seed!r}")
         _check(
@@ -314,8 +323,12 @@ class Renderer:
             len(case_mix) == 3 and min(case_mix) >= 0 and sum(case_mix) > 0,
             f"case_mix: expected 3 non-negative weights with a positive sum, got {case_mix}",
         )
+        _check(0.0 <= soft <= 1.0, f"soft: expected a probability in [0, 1], got {soft}")
+        _check(0.0 <= extrude <= 1.0, f"extrude: expected a probability in [0, 1], got {extrude}")
         self.seed = seed
         self.height = height
+        self.soft = float(soft)
+        self.extrude = float(extrude)
         self.charset = "".join(dict.fromkeys(charset))
         self.min_len = min_len
         self.max_len = max_len
@@ -560,16 +573,34 @@ class Renderer:
                     Image.Resampling.BILINEAR,
                 )
 
-        image = self._paint(rng, text_mask)
+        # The scene-look draws come from their own generator, so that turning them on leaves
+        # every other draw (and so the images with them off) unchanged.
+        scene = random.Random(f"{self.seed}/{int(index)}/scene")
+        soft = scene.random() < self.soft * d
+        extrude = scene.random() < self.extrude * d
+        image = self._paint(rng, text_mask, scene if soft else None, scene if extrude else None)
         image = self._degrade(rng, image, text_px=float(ink_height * scale))
+        if soft:
+            image = _soften(scene, image, text_px=float(ink_height * scale))
         return np.array(image), text
 
-    def _paint(self, rng: random.Random, text_mask: Image.Image) -> Image.Image:
-        """Background, then optional shadow and outline, then the text, all in RGB."""
+    def _paint(
+        self,
+        rng: random.Random,
+        text_mask: Image.Image,
+        soft: random.Random | None = None,
+        extrude: random.Random | None = None,
+    ) -> Image.Image:
+        """Background, then optional shadow, extrusion and outline, then the text, in RGB.
+
+        `soft` / `extrude`: the scene generator when the image has that look, else None.
+        """
         d = self.difficulty
         size = text_mask.size
         # Text and background mean luminance, at least `contrast` apart.
         contrast = rng.uniform(_lerp(150.0, 100.0, d), 255.0)
+        if soft is not None:
+            contrast = soft.uniform(35.0, 100.0)
         text_lum = rng.uniform(0.0, 255.0 - contrast)
         bg_lum = text_lum + contrast
         if rng.random() < 0.4 * d:  # light text on a dark background
@@ -590,6 +621,18 @@ class Renderer:
             shadow = shadow.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
             shadow_lum = max(0.0, min(text_lum, bg_lum) - 70.0)
             image.paste(_colour(rng, shadow_lum, saturation), (0, 0, *size), shadow)
+        if extrude is not None:  # 3-D lettering: the glyphs stacked along a direction
+            depth = extrude.uniform(0.04, 0.12) * size[1]
+            steps = max(1, round(depth))
+            angle = extrude.uniform(0.0, 2.0 * math.pi)
+            side_lum = text_lum + extrude.choice((-1.0, 1.0)) * extrude.uniform(40.0, 90.0)
+            side = _colour(extrude, max(0.0, min(255.0, side_lum)), saturation)
+            for k in range(steps, 0, -1):
+                shift = (
+                    round(k * depth / steps * math.cos(angle)),
+                    round(k * depth / steps * math.sin(angle)),
+                )
+                image.paste(side, (0, 0, *size), ImageChops.offset(text_mask, *shift))
         if rng.random() < 0.12 * d:  # outline
             outline = text_mask.filter(ImageFilter.MaxFilter(3 if size[1] < 48 else 5))
             image.paste(_colour(rng, 255.0 - text_lum, saturation), (0, 0, *size), outline)
@@ -640,6 +683,18 @@ class Renderer:
             buffer.seek(0)
             image = Image.open(buffer).convert("RGB")
         return image
+
+
+def _soften(rng: random.Random, image: Image.Image, text_px: float) -> Image.Image:
+    """Low resolution then a little blur, leaving the text 9-16 pixels of effective height."""
+    width, height = image.size
+    factor = text_px / rng.uniform(9.0, 16.0)
+    if factor > 1.1:
+        small = (max(1, round(width / factor)), max(1, round(height / factor)))
+        image = image.resize(small, Image.Resampling.BILINEAR).resize(
+            (width, height), Image.Resampling.BICUBIC
+        )
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.7)))
 
 
 # Unit vectors every 15 degrees: a glyph keeps only its ink points extreme along one of them.

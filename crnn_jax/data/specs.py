@@ -20,7 +20,7 @@ def open_source(spec: str, *, height: int = 32, charset: str | None = None) -> S
   """The source a spec string names.
 
   Args:
-    spec: ``synth:N|inf[,seed=S][,difficulty=D]``, ``tsv:PATH[,include=F][,exclude=F]``,
+    spec: ``synth:N|inf[,seed=S][,difficulty=D][,soft=P][,extrude=P]``, ``tsv:PATH[,include=F][,exclude=F]``,
       ``mjsynth:PATH[,split=S]``, ``lmdb:PATH`` or
       ``tfds:NAME[/CONFIG][:SPLIT][,data_dir=DIR]``.
     height: render height for synthetic data.
@@ -36,22 +36,23 @@ def open_source(spec: str, *, height: int = 32, charset: str | None = None) -> S
         f"lmdb:PATH or tfds:NAME[/CONFIG][:SPLIT]; mixtures: SPEC @ W | SPEC @ W.")
   if kind == "synth":
     head, opts = parse_options(rest, spec)
-    unknown = set(opts) - {"seed", "difficulty", "workers"}
+    unknown = set(opts) - {"seed", "difficulty", "workers", "soft", "extrude"}
     if unknown:
       raise ValueError(f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
-                       f"synth takes seed, difficulty, workers.")
+                       f"synth takes seed, difficulty, workers, soft, extrude.")
     try:
       n = None if head.strip() == "inf" else int(head)
       seed = int(opts.get("seed", 0))
       difficulty = float(opts["difficulty"]) if "difficulty" in opts else None
       workers = int(opts["workers"]) if "workers" in opts else None
+      looks = {k: float(opts[k]) for k in ("soft", "extrude") if k in opts}
     except ValueError:
       raise ValueError(f"Dataset spec {spec!r}: expected synth:N[,seed=S][,difficulty=D] "
                        f"with integer N (or inf) and S.") from None
     if n is not None and n < 1:
       raise ValueError(f"Dataset spec {spec!r}: N must be at least 1.")
     return readers.SynthSource(n, seed=seed, height=height, difficulty=difficulty, charset=charset,
-                       num_workers=workers)
+                               num_workers=workers, **looks)
   if kind == "tsv":
     path, opts = parse_options(rest, spec)
     unknown = set(opts) - {"include", "exclude"}
