@@ -145,6 +145,15 @@ def test_spec_errors_name_the_spec():
     specs.open_source("synth:10,colour=red")
 
 
+def test_synth_spec_passes_the_renderer_looks():
+  source = specs.open_source("synth:5,seed=3,soft=0.5,extrude=0.25")
+  assert source.spec == "synth:5,seed=3,soft=0.5,extrude=0.25"
+  renderer = source._renderer()
+  assert (renderer.soft, renderer.extrude) == (0.5, 0.25)
+  with pytest.raises(ValueError, match="soft"):
+    specs.open_source("synth:5,soft=2").read(0)
+
+
 def _epoch_plan(seed):
   prep = _prepare("tsv:" + SVT)
   prep = prep.merge_up(prep.counts(), 8)

@@ -25,6 +25,33 @@ def test_render_is_deterministic_for_seed_and_index():
         np.testing.assert_array_equal(image_a, image_b)
 
 
+def test_scene_looks_leave_other_images_unchanged_and_change_their_own():
+    plain = render.Renderer(seed=4, height=32)
+    off = render.Renderer(seed=4, height=32, soft=0.0, extrude=0.0)
+    soft = render.Renderer(seed=4, height=32, soft=1.0)
+    extruded = render.Renderer(seed=4, height=32, extrude=1.0)
+    for index in range(6):
+        image, text = plain.render(index)
+        np.testing.assert_array_equal(off.render(index)[0], image)
+        for looks in (soft, extruded):
+            other, other_text = looks.render(index)
+            # Same word, same geometry; only the paint differs.
+            assert other_text == text and other.shape == image.shape
+            assert not np.array_equal(other, image)
+    # At difficulty 0 the looks are off.
+    clean = render.Renderer(seed=4, difficulty=0.0)
+    np.testing.assert_array_equal(
+        render.Renderer(seed=4, difficulty=0.0, soft=1.0, extrude=1.0).render(2)[0],
+        clean.render(2)[0])
+
+
+def test_soft_look_lowers_contrast():
+    def spread(r):
+        return np.mean([np.percentile(r.render(i)[0], 95) - np.percentile(r.render(i)[0], 5)
+                        for i in range(12)])
+    assert spread(render.Renderer(seed=6, soft=1.0)) < 0.8 * spread(render.Renderer(seed=6))
+
+
 def test_renderer_survives_pickling():
     r = render.Renderer(seed=2, height=32, difficulty=0.5)
     image, text = r.render(3)
@@ -137,6 +164,8 @@ def test_font_drawing_lowercase_as_capitals_is_rejected():
         {"min_len": 5, "max_len": 3},
         {"charset": ""},
         {"text_mix": (0, 0, 0)},
+        {"soft": 1.5},
+        {"extrude": -0.1},
     ],
 )
 def test_invalid_arguments_raise(kwargs):
