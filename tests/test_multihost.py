@@ -11,11 +11,15 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from crnn_jax import checkpoints, sharding, train
 from crnn_jax.data import index, loader, plan, specs
 
 from helpers import REPO, tiny_config
+
+# The tests here build on helpers.tiny_config, which trains on the real word crops.
+pytestmark = pytest.mark.real_data
 
 STEPS = 20
 
