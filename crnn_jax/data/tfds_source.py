@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from crnn_jax import extras
 from crnn_jax.data import formats
 from crnn_jax.data.base import BadExample, Source
 
@@ -81,10 +82,12 @@ class TfdsSource(Source):
   Raises:
     ValueError: if the dataset, the split or the features do not exist, or it is not built
       (saying how to build it).
+    crnn_jax.extras.MissingExtraError: without the [tfds] extra.
   """
 
   def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
                image_key: str | None = None, label_key: str | None = None):
+    extras.require("tfds", "the tfds: data spec")
     import tensorflow_datasets as tfds
 
     self.name, self.split = name, split
