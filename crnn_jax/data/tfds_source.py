@@ -113,7 +113,7 @@ class TfdsSource(Source):
             + ", ".join(f"tfds:{name}/{c}:{split}" + (f",data_dir={self.data_dir}"
                                                       if self.data_dir else "")
                         for c in built) + ".")
-      hint = ("python scripts/make_dataset.py --num N --data_dir DIR" if
+      hint = ("python scripts/make_dataset.py --num N --data-dir DIR" if
               name.startswith("synth_words") else
               f"tfds.builder({name!r}, data_dir=...).download_and_prepare()")
       raise ValueError(f"Dataset {self.spec}: not built in {builder.data_dir!r}. Build it "
