@@ -62,10 +62,8 @@ class Charset:
       lines = f.read().split("\n")
     if lines and lines[-1] == "":
       lines.pop()
-    if len(lines) > 1 and all(len(line) == 1 for line in lines):
-      chars = "".join(lines)
-    else:
-      chars = "".join(lines)
+    # One line of characters or one character per line: joining the lines reads both.
+    chars = "".join(lines)
     if not chars:
       raise ValueError(f"Charset file {os.fspath(path)!r} holds no characters.")
     return cls(chars, case_fold=case_fold)

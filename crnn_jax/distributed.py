@@ -56,7 +56,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.config.update("jax_num_cpu_devices", int(num_cpu_devices))
   explicit = [coordinator_address, num_processes, process_id]
   if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
-    raise ValueError("Give all of --coordinator_address, --num_processes and --process_id "
+    raise ValueError("Give all of --coordinator-address, --num-processes and --process-id "
                      "for an explicit multi-process launch (or none of them).")
   if all(v is not None for v in explicit):
     if num_processes == 1:

@@ -45,32 +45,33 @@ def sums(truths: Sequence[str], preds: Sequence[str],
   """Metric sums over a set of (truth, prediction) pairs, in ``FIELDS`` order."""
   if len(truths) != len(preds):
     raise ValueError(f"truths ({len(truths)}) and preds ({len(preds)}) differ in length.")
-  out = np.zeros(len(FIELDS), np.float64)
+  total = dict.fromkeys(FIELDS, 0.0)
   for t, p in zip(truths, preds):
     d = edit_distance(t, p)
-    out[1] += t == p
-    out[2] += benchmark_normalize(t) == benchmark_normalize(p)
-    out[3] += d
-    out[4] += len(t)
-    out[5] += 1.0 - d / max(len(t), len(p), 1)
-    out[7] += not p
-  out[0] = len(truths)
+    total["correct"] += t == p
+    total["correct_ci"] += benchmark_normalize(t) == benchmark_normalize(p)
+    total["edits"] += d
+    total["ref_chars"] += len(t)
+    total["ned_sum"] += 1.0 - d / max(len(t), len(p), 1)
+    total["empty"] += not p
+  total["n"] = len(truths)
   if confidences is not None:
-    out[6] = float(np.sum(confidences))
-  return out
+    total["confidence_sum"] = float(np.sum(confidences))
+  return np.array([total[name] for name in FIELDS], np.float64)
 
 
 def summarize(total: np.ndarray) -> dict:
-  """Rates from (possibly all-reduced) sums."""
-  n = max(total[0], 1)
+  """Rates from (possibly all-reduced) sums in ``FIELDS`` order."""
+  s = dict(zip(FIELDS, total))
+  n = max(s["n"], 1)
   return {
-      "n": int(total[0]),
-      "word_acc": total[1] / n,
-      "word_acc_ci": total[2] / n,
-      "cer": total[3] / max(total[4], 1),
-      "ned": total[5] / n,
-      "confidence": total[6] / n,
-      "empty_frac": total[7] / n,
+      "n": int(s["n"]),
+      "word_acc": s["correct"] / n,
+      "word_acc_ci": s["correct_ci"] / n,
+      "cer": s["edits"] / max(s["ref_chars"], 1),
+      "ned": s["ned_sum"] / n,
+      "confidence": s["confidence_sum"] / n,
+      "empty_frac": s["empty"] / n,
   }
 
 

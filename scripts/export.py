@@ -1,4 +1,4 @@
-"""Export a trained model: python scripts/export.py --workdir DIR --output EXPORT_DIR.
+"""Export a trained model: python scripts/export.py --workdir DIR --out EXPORT_DIR.
 
 Writes a `jax.export` artefact of preprocessed images -> logits + greedy decoding, with
 symbolic batch size and width, plus meta.json. Run it without this project's code:
@@ -6,40 +6,53 @@ symbolic batch size and width, plus meta.json. Run it without this project's cod
 See docs/inference.md.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from crnn_jax import cli  # noqa: E402  (argparse only: --help answers at once)
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+
+def parse_args(argv=None):
+  p = cli.parser(__doc__, __file__)
   where = p.add_mutually_exclusive_group(required=True)
-  where.add_argument("--workdir", help="training workdir (its best checkpoint, else latest)")
-  where.add_argument("--checkpoint", help="a checkpoint folder (workdir, best/, checkpoints/ "
-                     "or a step folder)")
-  p.add_argument("--output", required=True, help="folder to write the export into")
+  where.add_argument("--workdir", metavar="DIR", help="a training workdir (its best "
+                     "checkpoint, else the latest)")
+  where.add_argument("--checkpoint", metavar="DIR", help="a checkpoint folder (a workdir, "
+                     "its best/ or checkpoints/, or a step folder)")
+  p.add_argument("--out", required=True, metavar="EXPORT_DIR",
+                 help="folder to write the export into")
   p.add_argument("--platforms", default=None,
                  help="comma-separated, e.g. cpu,cuda (default: this machine's backend)")
   p.add_argument("--conv-impl", default=None,
                  help="convolution traced into the artefact (auto, xla, im2col, winograd); "
                  "default the checkpoint's. Use xla when exporting for a GPU from a CPU")
-  args = p.parse_args(argv)
+  return p.parse_args(argv)
+
+
+def export(args) -> None:
+  flag = "--workdir" if args.workdir else "--checkpoint"
+  cli.existing_folder(flag, args.workdir or args.checkpoint, "the workdir of a training run "
+                      "or a checkpoint folder")
+  cli.writable_folder("--out", args.out)
   from absl import logging
   logging.set_verbosity(logging.ERROR)  # Orbax reports read-only managers at WARNING
 
-  from crnn_jax import export
+  from crnn_jax import export as export_lib
 
   platforms = args.platforms.split(",") if args.platforms else None
-  meta = export.export_checkpoint(args.workdir or args.checkpoint, args.output,
-                                  platforms=platforms, conv_impl=args.conv_impl)
-  size = os.path.getsize(os.path.join(args.output, export.MODEL_FILE))
+  meta = export_lib.export_checkpoint(args.workdir or args.checkpoint, args.out,
+                                      platforms=platforms, conv_impl=args.conv_impl)
+  size = os.path.getsize(os.path.join(args.out, export_lib.MODEL_FILE))
   print(f"Exported {meta['checkpoint']['path']} (step {meta['checkpoint']['step']}) to "
-        f"{args.output}: {export.MODEL_FILE} ({size / 1e6:.1f} MB, platforms "
-        f"{','.join(meta['platforms'])}), {export.META_FILE}.\n"
-        f"Run it: python crnn_jax/export_loader.py {args.output} IMAGE...")
-  return 0
+        f"{args.out}: {export_lib.MODEL_FILE} ({size / 1e6:.1f} MB, platforms "
+        f"{','.join(meta['platforms'])}), {export_lib.META_FILE}.\n"
+        f"Run it: python crnn_jax/export_loader.py {args.out} IMAGE...")
+
+
+def main(argv=None) -> int:
+  return cli.run(export, parse_args(argv))
 
 
 if __name__ == "__main__":

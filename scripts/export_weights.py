@@ -6,7 +6,7 @@ SHA-256 digest (crnn_jax/weights.py), then reloads the file and prints the large
 difference between the output logits of the stored and the original weights on a few
 rendered words (or --image files), and the file's size. To ship the pretrained model:
 
-  python scripts/export_weights.py --workdir runs/seed --config_name configs/base.py \
+  python scripts/export_weights.py --workdir runs/seed --config-name configs/base.py \
       --out crnn_jax/pretrained/crnn_seed.npz
 
 then fill in docs/pretrained.md. See docs/pretrained.md for the format.
@@ -18,25 +18,28 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from crnn_jax import cli, weights  # noqa: E402  (numpy at most: --help answers at once)
 
-from crnn_jax import weights  # noqa: E402  (numpy only: cheap before flags parse)
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export from.")
-_STEP = flags.DEFINE_integer("step", None, "Step to export (in best/ or checkpoints/); "
-                             "default the best checkpoint, else the latest.")
-_OUT = flags.DEFINE_string("out", None, "Weights file to write, e.g. "
-                           "crnn_jax/pretrained/crnn_seed.npz.")
-_DTYPE = flags.DEFINE_enum("dtype", "float16", weights.STORAGE_DTYPES,
-                           "Storage of the parameters (BatchNorm statistics stay float32).")
-_CONFIG_NAME = flags.DEFINE_string("config_name", "", "The config the run was trained with "
-                                   "(e.g. configs/base.py), recorded as provenance.")
-_NOTE = flags.DEFINE_string("note", "", "Free text recorded as provenance (data mixture...).")
-_IMAGES = flags.DEFINE_multi_string("image", [], "Image files to compare the logits on; "
-                                    "default: rendered words.")
-_NUM_CHECK = flags.DEFINE_integer("num_check_images", 8, "Rendered words to compare the "
-                                  "logits on when no --image is given.")
-flags.mark_flags_as_required(["workdir", "out"])
+def parse_args(argv=None):
+  p = cli.parser(__doc__, __file__)
+  p.add_argument("--workdir", required=True, metavar="DIR",
+                 help="the training workdir to export from")
+  p.add_argument("--step", type=int, default=None, help="the step to export (in best/ or "
+                 "checkpoints/); default the best checkpoint, else the latest")
+  p.add_argument("--out", required=True, metavar="FILE", help="the weights file to write, "
+                 "e.g. crnn_jax/pretrained/crnn_seed.npz")
+  p.add_argument("--dtype", choices=weights.STORAGE_DTYPES, default="float16",
+                 help="storage of the parameters (BatchNorm statistics stay float32)")
+  p.add_argument("--config-name", default="", metavar="FILE", help="the config the run was "
+                 "trained with (e.g. configs/base.py), recorded as provenance")
+  p.add_argument("--note", default="", help="free text recorded as provenance (data "
+                 "mixture...)")
+  p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image "
+                 "file to compare the logits on, repeatable; default: rendered words")
+  p.add_argument("--num-check-images", type=int, default=8, help="rendered words to compare "
+                 "the logits on when no --image is given")
+  return p.parse_args(argv)
 
 
 def checkpoint_path(workdir: str, step: int | None) -> str:
@@ -47,8 +50,8 @@ def checkpoint_path(workdir: str, step: int | None) -> str:
     folder = os.path.join(workdir, sub, str(step))
     if os.path.isdir(folder):
       return folder
-  raise app.UsageError(f"--step={step}: no step folder {step} in {workdir}/best or "
-                       f"{workdir}/checkpoints; leave --step out for the best checkpoint.")
+  raise cli.UserError(f"--step {step}: no step folder {step} in {workdir}/best or "
+                      f"{workdir}/checkpoints; leave --step out for the best checkpoint.")
 
 
 def check_images(recognizer, paths: list[str], count: int) -> list:
@@ -56,6 +59,8 @@ def check_images(recognizer, paths: list[str], count: int) -> list:
   from crnn_jax import recognizer as recognizer_lib
   if paths:
     return [recognizer.preprocess(recognizer_lib.read_image(p)) for p in paths]
+  from crnn_jax import extras
+  extras.require("synth", "checking on rendered words (or give --image FILE)")
   from crnn_jax.data import render
   renderer = render.Renderer(seed=12345, height=recognizer.height, difficulty=0.3,
                              charset=recognizer.charset.chars)
@@ -81,29 +86,29 @@ def max_logit_difference(model, variables_a, variables_b, arrays) -> tuple[float
           float(np.abs(logits_a)[valid].max()))
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def export_weights(args) -> None:
+  cli.existing_folder("--workdir", args.workdir, "the workdir of a training run")
+  from absl import logging
   logging.set_verbosity(logging.ERROR)  # Orbax reports read-only managers at WARNING
   import jax
 
   from crnn_jax import models
   from crnn_jax import recognizer as recognizer_lib
 
-  loaded = recognizer_lib.load_checkpoint(checkpoint_path(_WORKDIR.value, _STEP.value))
+  loaded = recognizer_lib.load_checkpoint(checkpoint_path(args.workdir, args.step))
   # The checkpoint's metadata (model config, charset, case_fold, data, param_shapes) as is.
   meta = dict(loaded.meta, step=loaded.step)
   meta["provenance"] = {
       "checkpoint": loaded.where,
-      "config": _CONFIG_NAME.value,
-      "note": _NOTE.value,
+      "config": args.config_name,
+      "note": args.note,
       "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "jax_version": jax.__version__,
   }
-  written = weights.save_weights(_OUT.value, loaded.variables, meta, dtype=_DTYPE.value)
+  written = weights.save_weights(args.out, loaded.variables, meta, dtype=args.dtype)
   print(f"Wrote {written.path} from {loaded.where} (step {loaded.step}): "
         f"{models.count_params(loaded.variables['params']):,} parameters "
-        f"({_DTYPE.value}) + {models.count_params(loaded.variables['batch_stats']):,} BatchNorm "
+        f"({args.dtype}) + {models.count_params(loaded.variables['batch_stats']):,} BatchNorm "
         f"statistics (float32).")
   if written.float32_params:
     print(f"Kept in float32 (float16 would overflow or lose precision): "
@@ -114,17 +119,21 @@ def main(argv):
   original = recognizer_lib.Recognizer(
       loaded.model, loaded.variables, loaded.charset,
       width_buckets=reloaded.width_buckets, resize_mode=reloaded.resize_mode)
-  arrays = check_images(reloaded, _IMAGES.value, _NUM_CHECK.value)
+  arrays = check_images(reloaded, args.image, args.num_check_images)
   diff, scale = max_logit_difference(loaded.model, loaded.variables, reloaded.variables, arrays)
   texts_file = [t for (t, _), in reloaded.recognize_preprocessed(arrays)]
   texts_orig = [t for (t, _), in original.recognize_preprocessed(arrays)]
   same = sum(a == b for a, b in zip(texts_file, texts_orig))
-  print(f"Reloaded and checked on {len(arrays)} images: largest |{_DTYPE.value} - float32| "
+  print(f"Reloaded and checked on {len(arrays)} images: largest |{args.dtype} - float32| "
         f"output-logit difference {diff:.3g} (logits up to {scale:.3g}); the same greedy "
         f"text for {same} of {len(arrays)} ({', '.join(texts_file[:8])}).")
   print(f"File size: {written.num_bytes:,} bytes ({written.num_bytes / 1e6:.1f} MB); "
         f"sha256 {written.sha256}.")
 
 
+def main(argv=None) -> int:
+  return cli.run(export_weights, parse_args(argv))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

@@ -1,18 +1,17 @@
 """Render the synth_words TFDS dataset: python scripts/make_dataset.py --num N --seed S [...].
 
-Renders N training images (and --num_validation validation images from a disjoint index
+Renders N training images (and --num-validation validation images from a disjoint index
 range) with one worker process per core, writes them as the TFDS dataset
-`synth_words/n{N}_v{M}_s{S}_d{100*D}_h{H}` under --data_dir (default: $TFDS_DATA_DIR or
+`synth_words/n{N}_v{M}_s{S}_d{100*D}_h{H}` under --data-dir (default: $TFDS_DATA_DIR or
 ~/tensorflow_datasets), prints a progress line every few seconds (count, images/s, ETA),
 then writes a contact sheet of 64 training samples as stored (grayscale, with labels) next
 to the dataset and prints its path and the spec to read it with. No TensorFlow needed.
 See docs/data.md.
 
 Example (about 2 minutes on two free cores):
-  python scripts/make_dataset.py --num 100000 --num_validation 2000 --seed 0 --data_dir data
+  python scripts/make_dataset.py --num 100000 --num-validation 2000 --seed 0 --data-dir data
 """
 
-import argparse
 import logging
 import os
 import sys
@@ -20,15 +19,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from crnn_jax import cli  # noqa: E402  (argparse only: --help answers at once)
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+
+def parse_args(argv=None):
+    p = cli.parser(__doc__, __file__)
     p.add_argument("--num", type=int, required=True, help="training images to render")
     p.add_argument("--seed", type=int, default=0, help="renderer seed")
     p.add_argument(
-        "--num_validation",
+        "--num-validation",
         type=int,
         default=None,
         help="validation images (default: 1%% of --num, at least 100)",
@@ -41,14 +40,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--height", type=int, default=32, help="image height in pixels")
     p.add_argument(
-        "--data_dir",
+        "--data-dir",
         default=None,
+        metavar="DIR",
         help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
     )
     p.add_argument(
-        "--num_workers", type=int, default=None, help="render processes (default: one per core)"
+        "--num-workers", type=int, default=None, help="render processes (default: one per core)"
     )
-    p.add_argument("--no_contact_sheet", action="store_true", help="skip the contact sheet")
+    p.add_argument("--no-contact-sheet", action="store_true", help="skip the contact sheet")
     args = p.parse_args(argv)
     if args.num < 1:
         p.error(f"--num: expected >= 1, got {args.num}")
@@ -85,8 +85,11 @@ def contact_sheet(images, labels, columns: int = 4, cell_width: int = 300):
     return sheet
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def make_dataset(args) -> None:
+    from crnn_jax import extras
+
+    extras.require("tfds", "scripts/make_dataset.py")
+    extras.require("synth", "scripts/make_dataset.py")
     import tensorflow_datasets as tfds
 
     from crnn_jax.data import synth_words
@@ -131,5 +134,9 @@ def main(argv=None) -> None:
     print(f"read with: tfds.builder('{name}', data_dir='{data_dir}').as_data_source('train')")
 
 
+def main(argv=None) -> int:
+    return cli.run(make_dataset, parse_args(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

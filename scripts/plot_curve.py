@@ -11,14 +11,19 @@ import os
 import struct
 import sys
 
-from absl import app, flags
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FLAGS = flags.DEFINE_string("workdir", None, "the training run's workdir", required=True)
-OUT = flags.DEFINE_string("out", "curve.png", "the PNG to write")
-METRIC = flags.DEFINE_string("metric", "word_acc_ci", "the evaluation metric to draw")
+from crnn_jax import cli  # noqa: E402  (argparse only: --help answers at once)
+
 COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
+
+
+def parse_args(argv=None):
+  p = cli.parser(__doc__, __file__)
+  p.add_argument("--workdir", required=True, metavar="DIR", help="the training run's workdir")
+  p.add_argument("--out", default="curve.png", metavar="FILE", help="the PNG to write")
+  p.add_argument("--metric", default="word_acc_ci", help="the evaluation metric to draw")
+  return p.parse_args(argv)
 
 
 def read_scalars(workdir: str) -> dict:
@@ -27,7 +32,8 @@ def read_scalars(workdir: str) -> dict:
 
   files = sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")))
   if not files:
-    raise ValueError(f"no TensorBoard event files in {workdir}/tensorboard.")
+    raise cli.UserError(f"--workdir {workdir}: no TensorBoard event files in "
+                        f"{workdir}/tensorboard; give the workdir of a training run.")
   out = {}
   for path in files:
     with open(path, "rb") as f:
@@ -80,12 +86,16 @@ def draw(scalars: dict, metric: str, path: str):
   image.save(path)
 
 
-def main(argv):
-  del argv
-  scalars = read_scalars(FLAGS.value)
-  draw(scalars, METRIC.value, OUT.value)
-  print(f"wrote {OUT.value}")
+def plot(args) -> None:
+  cli.existing_folder("--workdir", args.workdir, "the workdir of a training run")
+  scalars = read_scalars(args.workdir)
+  draw(scalars, args.metric, args.out)
+  print(f"wrote {args.out}")
+
+
+def main(argv=None) -> int:
+  return cli.run(plot, parse_args(argv))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

@@ -1,11 +1,17 @@
-"""Shared test fixtures: tiny configs and paths to the real data beside the repo."""
+"""Shared test fixtures: tiny configs and paths to the real data beside the repo.
+
+Tests that read the real word crops (``../shared/data/real``; CI has them, a fresh clone
+does not) carry ``@pytest.mark.real_data``; conftest.py skips them, saying why, where the
+folder is absent. ``CRNN_JAX_REAL_DATA=DIR`` points them at another copy.
+"""
 
 import os
 
 from configs import base
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL = os.path.join(os.path.dirname(REPO), "shared", "data", "real")
+REAL = os.environ.get("CRNN_JAX_REAL_DATA") or os.path.join(
+    os.path.dirname(REPO), "shared", "data", "real")
 
 
 def real(name: str) -> str:

@@ -29,6 +29,7 @@ def _images(idx):
           for members in idx.members for i in members]
 
 
+@pytest.mark.real_data
 def test_tsv_reader_on_real_svt_odd_sizes_and_colour_jpegs():
   source = specs.open_source("tsv:" + SVT)
   assert len(source) == 257
@@ -70,6 +71,7 @@ def _folder_with_problems(tmp_path):
   return folder
 
 
+@pytest.mark.real_data
 def test_missing_and_corrupt_files_are_skipped_counted_and_named(tmp_path):
   folder = _folder_with_problems(tmp_path)
   prep = _prepare("tsv:" + str(folder))
@@ -82,6 +84,7 @@ def test_missing_and_corrupt_files_are_skipped_counted_and_named(tmp_path):
   assert sorted(t for _, t in _images(prep)) == [f"WORD{i}" for i in range(6)]
 
 
+@pytest.mark.real_data
 def test_empty_or_unusable_dataset_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="no labels.tsv"):
     specs.open_source(f"tsv:{tmp_path}")
@@ -98,6 +101,7 @@ def test_empty_or_unusable_dataset_is_a_clear_error(tmp_path):
     labels.check_usable(prep.report)
 
 
+@pytest.mark.real_data
 def test_unknown_chars_error_mode_names_character():
   with pytest.raises(ValueError, match="Character \"'\" in text"):
     _prepare("tsv:" + SVT, unknown_chars="error")
@@ -117,6 +121,7 @@ def test_long_labels_fit_or_are_reported(tmp_path):
   assert int(models.num_frames(img.shape[1])) >= 40  # widened to give the label its frames
 
 
+@pytest.mark.real_data
 def test_stretch_mode_is_the_seed_resize():
   prep = _prepare("tsv:" + SVT, resize_mode="stretch", width_buckets=(128,))
   assert prep.widths == [128]
@@ -160,6 +165,7 @@ def _epoch_plan(seed):
   return prep, plan.EpochPlan(prep.counts(), 8, seed, prep.counts(), "svt")
 
 
+@pytest.mark.real_data
 def test_epoch_plan_is_a_pure_function_of_step():
   _, a = _epoch_plan(3)
   _, b = _epoch_plan(3)
@@ -172,6 +178,7 @@ def test_epoch_plan_is_a_pure_function_of_step():
   assert not np.array_equal(a.slots(0).refs, c.slots(0).refs)
 
 
+@pytest.mark.real_data
 def test_an_epoch_visits_each_example_at_most_once_and_widths_never_mix():
   prep, p = _epoch_plan(0)
   seen = set()
@@ -183,6 +190,7 @@ def test_an_epoch_visits_each_example_at_most_once_and_widths_never_mix():
   assert p.steps_per_epoch == sum(len(m) // 8 for m in prep.members)
 
 
+@pytest.mark.real_data
 def test_eval_batches_cover_every_example_once():
   prep = _prepare("tsv:" + SVT)
   texts, rows = [], 0
@@ -196,6 +204,7 @@ def test_eval_batches_cover_every_example_once():
   assert len(texts) == 250 and rows > 250  # last batch of each bucket padded, not dropped
 
 
+@pytest.mark.real_data
 def test_bucket_merging_fills_batches():
   prep = _prepare("tsv:" + SVT)
   counts = prep.counts()
@@ -211,6 +220,7 @@ def test_process_shards_are_disjoint_and_complete():
   assert sorted(x for p in parts for x in p) == list(range(n))
 
 
+@pytest.mark.real_data
 def test_tsv_include_and_exclude_split_a_folder(tmp_path):
   names = [line.split("\t")[0] for line in open(os.path.join(SVT, "labels.tsv"))]
   (tmp_path / "val.txt").write_text("# a comment\n" + "\n".join(names[:10]) + "\n")

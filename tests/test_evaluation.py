@@ -127,6 +127,7 @@ def workdir(tmp_path_factory):
   return tiny_model.save_checkpoint(str(tmp_path_factory.mktemp("ckpt")), tiny_model.config())
 
 
+@pytest.mark.real_data
 def test_evaluate_script_every_example_json_errors(workdir, tmp_path, capsys):
   """37 usable examples in batches of 16 (not a multiple), a corrupt file, a bad line."""
   lines = tiny_model.read_labels("svt_train")[:37]

@@ -64,6 +64,7 @@ def test_round_trip_equals_the_live_model(recognizer, export_dir):
     np.testing.assert_allclose(out["scores"], greedy.scores, rtol=1e-5)
 
 
+@pytest.mark.real_data
 def test_loader_preprocesses_like_training():
   rng = np.random.default_rng(1)
   images = [rng.integers(0, 256, (20, 90), dtype=np.uint8),
@@ -78,6 +79,7 @@ def test_loader_preprocesses_like_training():
           preprocess.resize(image, height=32, max_width=128, mode=mode))
 
 
+@pytest.mark.real_data
 def test_standalone_loader_matches_the_recognizer(recognizer, export_dir, tmp_path):
   paths = [os.path.join(SVT, f"{i}.jpg") for i in (1, 2, 3)] + [
       os.path.join(PLATES, "ak1165.png")]

@@ -81,6 +81,7 @@ def plates_split(folder, n_train, n_test, seed=0):
           tiny_model.write_tsv(f"{folder}/test", "plates_us", test_lines))
 
 
+@pytest.mark.real_data
 def test_finetune_run_on_plates_with_new_charset(source, tmp_path, capsys):
   """--config.init_from through train_and_evaluate: upper case + digits, held-out eval."""
   train_spec, test_spec = plates_split(str(tmp_path), n_train=16, n_test=12)

@@ -96,6 +96,7 @@ def _config(tmp_path, augment=0.5, workers=2):
   return config
 
 
+@pytest.mark.real_data
 def test_endless_words_mixed_with_real_crops_resume_exactly(tmp_path):
   """The hardest path: rendered-while-training words mixed with a real TSV set, augmentation
   on, batches made in two worker processes. A run resumed at step 5 reads exactly the
@@ -129,6 +130,7 @@ def test_endless_words_mixed_with_real_crops_resume_exactly(tmp_path):
       (b["widths"] <= b["images"].shape[2]).all() and (b["widths"] > 0).all() for b in whole)
 
 
+@pytest.mark.real_data
 def test_an_unusable_member_is_an_error_naming_it(tmp_path):
   (tmp_path / "labels.tsv").write_text("missing.png\tword\n")
   config = _config(tmp_path, workers=0)

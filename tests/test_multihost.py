@@ -11,11 +11,15 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from crnn_jax import checkpoints, sharding, train
 from crnn_jax.data import index, loader, plan, specs
 
 from helpers import REPO, tiny_config
+
+# The tests here build on helpers.tiny_config, which trains on the real word crops.
+pytestmark = pytest.mark.real_data
 
 STEPS = 20
 
@@ -58,8 +62,8 @@ def _launch(workdir, extra, port, heartbeat=30):
   for pid in range(2):
     cmd = [sys.executable, "-u", os.path.join(REPO, "scripts", "train.py"),
            "--config", os.path.join(REPO, "configs", "base.py"), f"--workdir={workdir}",
-           "--num_cpu_devices=4", f"--coordinator_address=127.0.0.1:{port}",
-           "--num_processes=2", f"--process_id={pid}", f"--heartbeat_timeout={heartbeat}",
+           "--num-cpu-devices=4", f"--coordinator-address=127.0.0.1:{port}",
+           "--num-processes=2", f"--process-id={pid}", f"--heartbeat-timeout={heartbeat}",
            *extra]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
@@ -199,8 +203,8 @@ def test_processes_that_disagree_stop_with_a_clear_error(tmp_path):
   for pid, batch in ((0, 16), (1, 32)):
     cmd = [sys.executable, "-u", os.path.join(REPO, "scripts", "train.py"),
            "--config", os.path.join(REPO, "configs", "base.py"), f"--workdir={tmp_path}/dis",
-           "--num_cpu_devices=4", f"--coordinator_address=127.0.0.1:{port}",
-           "--num_processes=2", f"--process_id={pid}", "--heartbeat_timeout=10",
+           "--num-cpu-devices=4", f"--coordinator-address=127.0.0.1:{port}",
+           "--num-processes=2", f"--process-id={pid}", "--heartbeat-timeout=10",
            *_overrides(config, 5), f"--config.train.batch_size={batch}"]
     procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"),

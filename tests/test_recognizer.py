@@ -101,6 +101,7 @@ def test_mixed_sizes_match_the_model_and_compile_once_per_bucket(recognizer):
   np.testing.assert_allclose([c for _, c in first], [c for _, c in expected], rtol=1e-4)
 
 
+@pytest.mark.real_data
 def test_preprocessing_is_the_training_pipeline(recognizer, tmp_path):
   """Real photos: the arrays the recognizer feeds equal those training batches hold."""
   lines = tiny_model.read_labels("svt_train")[:12]
@@ -149,6 +150,7 @@ def test_beam_candidates_sorted_and_lexicon_restricted(workdir):
   assert all(text in ("Inn", "ROOM", "") for text, _ in lex(images))
 
 
+@pytest.mark.real_data
 def test_predict_folder_with_a_corrupt_file(workdir, recognizer, tmp_path, capsys):
   folder = tmp_path / "photos"
   (folder / "sub").mkdir(parents=True)

@@ -23,6 +23,9 @@ from test_multihost import _free_port, _kill_all, _launch, _overrides
 
 from crnn_jax import checkpoints, finetune, nonfinite, recognizer, sharding, train
 
+# The tests here build on helpers.tiny_config, which trains on the real word crops.
+pytestmark = pytest.mark.real_data
+
 
 def _flip_bytes(step_dir: str, files: str = "ocdbt.process_*/d/*") -> list:
   """Inverts 64 bytes in the middle of each of a checkpoint step's data files.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from crnn_jax.charset import DEFAULT_CHARS
 from crnn_jax.data import fonts, render
 
 # A CJK ideograph: none of the (Latin) fontpkg families maps it.
@@ -97,9 +98,9 @@ def test_texts_use_only_the_charset_and_lengths():
 
 
 def test_default_charset_and_cases():
-    assert len(render.DEFAULT_CHARSET) == 62
+    assert len(DEFAULT_CHARS) == 62
     texts = [render.Renderer(seed=1).render(i)[1] for i in range(200)]
-    assert all(set(t) <= set(render.DEFAULT_CHARSET) for t in texts)
+    assert all(set(t) <= set(DEFAULT_CHARS) for t in texts)
     assert any(t.islower() for t in texts)
     assert any(t.isupper() and t.isalpha() for t in texts)
     assert any(t[0].isupper() and t[1:].islower() for t in texts)
@@ -134,7 +135,7 @@ def test_at_least_30_font_families():
 def test_font_missing_glyphs_is_rejected():
     path = render.available_fonts()[0]
     assert fonts.missing_glyphs(path, "ab" + UNMAPPED + "9") == UNMAPPED
-    assert fonts.missing_glyphs(path, render.DEFAULT_CHARSET) == ""
+    assert fonts.missing_glyphs(path, DEFAULT_CHARS) == ""
     assert not fonts.is_usable(path, "ab" + UNMAPPED)
     assert fonts.is_usable(path, "ab")
     assert path not in render.available_fonts("ab" + UNMAPPED)
@@ -152,7 +153,7 @@ def test_font_drawing_lowercase_as_capitals_is_rejected():
     assert not fonts.draws_lowercase_as_capitals(roboto)
     assert marker not in render.available_fonts()
     # Without both cases in the charset the font is fine.
-    assert marker in render.available_fonts(render.DEFAULT_CHARSET.upper())
+    assert marker in render.available_fonts(DEFAULT_CHARS.upper())
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,9 @@ from crnn_jax.data import batching, index, specs
 
 from helpers import REPO, real, tiny_config
 
+# The tests here build on helpers.tiny_config, which trains on the real word crops.
+pytestmark = pytest.mark.real_data
+
 
 def _batch(config, n=16, seed=0):
   charset = train.make_charset(config)

@@ -173,6 +173,7 @@ def test_metadata_kept_plain_npz_and_bad_arguments(loaded, weights_file, tmp_pat
     weights.save_weights(again, {"batch_stats": {}}, loaded.meta)
 
 
+@pytest.mark.real_data
 def test_from_weights_reads_like_the_checkpoint(workdir, loaded, weights_file, tmp_path):
   """Recognizer.from_weights gives the texts of Recognizer.from_checkpoint on real photos,
   with confidences equal to 1e-6 (float32 file) and to 2% (float16 file).
@@ -201,6 +202,7 @@ def test_from_weights_reads_like_the_checkpoint(workdir, loaded, weights_file, t
   assert len({t for t, _ in ckpt}) > 1  # not a degenerate model that reads one text
 
 
+@pytest.mark.real_data
 def test_predict_script_with_a_weights_file(weights_file):
   """``scripts/predict.py --weights FILE IMAGE`` in a fresh process prints the image's
   line with the text Recognizer.from_weights reads, and names the model on stderr.
@@ -221,6 +223,7 @@ def test_predict_script_with_a_weights_file(weights_file):
   assert f"model: weights file {weights_file} (step 1)" in run.stderr
 
 
+@pytest.mark.real_data
 def test_default_model_is_the_shipped_file(weights_file, tmp_path, monkeypatch, capsys):
   """Without a model argument, predict and Recognizer.pretrained use the package's file;
   while it does not exist they say so clearly; --help names the default.

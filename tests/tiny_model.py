@@ -16,10 +16,8 @@ import numpy as np
 from configs import base
 from crnn_jax import checkpoints as ckpt_lib
 from crnn_jax import sharding, train
+from helpers import REAL  # noqa: F401  the real word crops (tests marked real_data)
 
-REAL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir,
-                    "shared", "data", "real")
-REAL = os.path.normpath(REAL)
 UPPER_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 

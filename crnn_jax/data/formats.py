@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from crnn_jax import extras
 from crnn_jax.data.base import BadExample, Source
 
 # Files of the official MJSynth release that do not decode (empty or truncated JPEGs), as
@@ -296,9 +297,11 @@ class LmdbSource(Source):
 
   Raises:
     ValueError: if PATH is missing, is not an LMDB, or has no ``num-samples`` key.
+    crnn_jax.extras.MissingExtraError: without the [lmdb] extra.
   """
 
   def __init__(self, path: str | os.PathLike):
+    extras.require("lmdb", "the lmdb: data spec")
     import lmdb
     self.path = os.path.expanduser(os.fspath(path))
     self.spec = f"lmdb:{self.path}"

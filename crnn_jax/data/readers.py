@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from PIL import Image, UnidentifiedImageError
 
+from crnn_jax import extras
 from crnn_jax.data.base import BadExample, Source
 
 
@@ -100,13 +101,18 @@ ENDLESS_LENGTH = 2**62
 
 class SynthSource(Source):
   """``n`` words from the project's renderer (``n=None``: endless); deterministic for
-  (seed, index)."""
+  (seed, index).
+
+  Raises:
+    crnn_jax.extras.MissingExtraError: without the [synth] extra (fonts, words, photos).
+  """
   rendered = True
 
   def __init__(self, n: int | None, *, seed: int = 0, height: int = 32,
                difficulty: float | None = None, charset: str | None = None,
                num_workers: int | None = None, soft: float | None = None,
                extrude: float | None = None):
+    extras.require("synth", "the synth: data spec")
     from crnn_jax.data import render  # Pillow-heavy; only when synthetic data is used.
     self._render = render
     self.n = n

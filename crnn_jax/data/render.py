@@ -46,10 +46,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
+from crnn_jax.charset import DEFAULT_CHARS
 from crnn_jax.data import fonts
-
-# The seed model's 62 classes (blank excluded).
-DEFAULT_CHARSET = string.ascii_lowercase + string.ascii_uppercase + string.digits
 
 # Photos shipped inside the scikit-image wheel (no download needed) used as backgrounds.
 _SKIMAGE_PHOTOS = (
@@ -291,7 +289,7 @@ class Renderer:
         seed: int = 0,
         height: int = 32,
         *,
-        charset: str = DEFAULT_CHARSET,
+        charset: str = DEFAULT_CHARS,
         min_len: int = 1,
         max_len: int = 20,
         difficulty: float = 1.0,
@@ -888,7 +886,7 @@ def _background(
 
 
 def available_fonts(
-    charset: str = DEFAULT_CHARSET, sources: Sequence[str] = fonts.SOURCES
+    charset: str = DEFAULT_CHARS, sources: Sequence[str] = fonts.SOURCES
 ) -> list[str]:
     """Returns the paths of the installed font files that can draw every char of `charset`.
 
@@ -898,7 +896,7 @@ def available_fonts(
 
 
 def font_families(
-    charset: str = DEFAULT_CHARSET, sources: Sequence[str] = fonts.SOURCES
+    charset: str = DEFAULT_CHARS, sources: Sequence[str] = fonts.SOURCES
 ) -> list[str]:
     """Returns the names of the font families with at least one usable file for `charset`."""
     return sorted({face.family for face in fonts.usable_faces(charset, tuple(sources))})

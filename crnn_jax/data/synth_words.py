@@ -40,6 +40,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from crnn_jax import charset as charset_lib
 from crnn_jax.data import render
 
 # Validation example i is rendered from index VALIDATION_START + i: disjoint from any train
@@ -199,7 +200,7 @@ class SynthWords(tfds.core.GeneratorBasedBuilder):
                 seed=config.seed,
                 difficulty=config.difficulty,
                 height=config.height,
-                charset=render.DEFAULT_CHARSET,
+                charset=charset_lib.DEFAULT_CHARS,
                 validation_start=VALIDATION_START,
             ),
         )

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from crnn_jax import extras
 from crnn_jax.data import formats
 from crnn_jax.data.base import BadExample, Source
 
@@ -81,10 +82,12 @@ class TfdsSource(Source):
   Raises:
     ValueError: if the dataset, the split or the features do not exist, or it is not built
       (saying how to build it).
+    crnn_jax.extras.MissingExtraError: without the [tfds] extra.
   """
 
   def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
                image_key: str | None = None, label_key: str | None = None):
+    extras.require("tfds", "the tfds: data spec")
     import tensorflow_datasets as tfds
 
     self.name, self.split = name, split
@@ -110,7 +113,7 @@ class TfdsSource(Source):
             + ", ".join(f"tfds:{name}/{c}:{split}" + (f",data_dir={self.data_dir}"
                                                       if self.data_dir else "")
                         for c in built) + ".")
-      hint = ("python scripts/make_dataset.py --num N --data_dir DIR" if
+      hint = ("python scripts/make_dataset.py --num N --data-dir DIR" if
               name.startswith("synth_words") else
               f"tfds.builder({name!r}, data_dir=...).download_and_prepare()")
       raise ValueError(f"Dataset {self.spec}: not built in {builder.data_dir!r}. Build it "
