@@ -1,7 +1,7 @@
 """The renderer study's fixed budget: rendered words only, judged on the real validation
 crops (docs/pretrained.md, "Renderer realism, measured").
 
-Each arm trains the quick model (configs/quick.py's network) for 2,000 steps of 32 on an
+Each arm trains the quick model (configs/quick.py's network) for 1,000 steps of 32 on an
 endless stream of rendered words at difficulty 1 with the pretraining recipe's
 augmentation, and is evaluated on the three validation splits of configs/pretrain.py. Arms
 differ only in the renderer options of the training spec:
@@ -24,8 +24,8 @@ def get_config():
   config.data.train = "synth:inf,seed=0,difficulty=1"
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 100
-  config.train.num_steps = 2_000
+  config.train.num_steps = 1_000
   config.train.batch_size = 32
   config.eval.every_steps = 1_000
-  config.checkpoint.every_steps = 500
+  config.checkpoint.every_steps = 250
   return config
