@@ -8,6 +8,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import tiny_model
 
 from crnn_jax import checkpoints, sharding, train
 from crnn_jax.data import batching, index, specs
@@ -83,7 +84,21 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
     train.validate_config(tiny_config(**{"train.batch_size": 12}), mesh)
 
 
+def _same(a, b):
+  """Same tree structure (optimiser namedtuples included) and bit-identical leaves."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
 def test_train_checkpoint_and_resume(tmp_path, capsys):
+  """0 -> 2, then a resume 2 -> 4, ends bit for bit where a straight 0 -> 4 run ends; a
+  saved state restores equal to the state in memory, every leaf and the tree structure.
+
+  Breaks if saving drops or alters any leaf (e.g. Adam's moments: zeros restored where
+  random values were saved, and the resumed run's steps 3-4 move differently), if a
+  resume does not continue the data order, the dropout keys or the step count, or if a
+  checkpoint of another model shape restores without a clear error.
+  """
   workdir = str(tmp_path / "run")
   config = tiny_config(**{"train.num_steps": 2, "checkpoint.every_steps": 2,
                           "eval.every_steps": 2})
@@ -101,20 +116,40 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
   assert "step 3/4" in out and "step 1/4" not in out
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
 
-  # Round trip: the saved step-4 state restores exactly, optimiser state included.
+  # The same 4 steps in one go.
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(config, straight)
+  assert "Resuming" not in capsys.readouterr().out
+
   mesh = sharding.make_mesh()
+  # Templates from eval_shape: no compilation of the model's init.
+  template = tiny_model.make_state(config, mesh)[0]
   ckpts = checkpoints.Checkpoints(workdir)
-  template = _state(config, mesh)
-  restored, meta = ckpts.restore(template)
-  assert int(restored.step) == 4 and meta["charset"] == train.make_charset(config).chars
-  assert type(restored.opt_state) is type(template.opt_state)
-  again, _ = ckpts.restore(template)
-  jax.tree.map(np.testing.assert_array_equal, restored, again)
+  resumed, meta = ckpts.restore(template)
+  assert int(resumed.step) == 4 and meta["charset"] == train.make_charset(config).chars
+  assert type(resumed.opt_state) is type(template.opt_state)
+  direct, _ = checkpoints.Checkpoints(straight).restore(template)
+  _same(resumed, direct)
+  assert not np.array_equal(resumed.params["classifier"]["bias"],
+                            ckpts.restore(template, 2)[0].params["classifier"]["bias"])
+
+  # Round trip against the state in memory: every leaf random and distinct (Adam's
+  # moments and count too), so a leaf saved as zeros or as another leaf shows.
+  rng = np.random.default_rng(3)
+  saved = jax.tree.map(lambda x: jax.device_put(
+      (rng.random(x.shape) + 1).astype(x.dtype), x.sharding), template)
+  other_dir = checkpoints.Checkpoints(str(tmp_path / "roundtrip"))
+  other_dir.save(7, saved, train._meta(config, train.make_charset(config), saved), force=True)
+  other_dir.wait()
+  restored, _ = other_dir.restore(template)
+  other_dir.close()
+  _same(restored, saved)
+  assert int(restored.step) == int(saved.step) != int(template.step)
 
   # A different model shape is named, not a crash deep in Orbax.
   other = tiny_config(**{"model.lstm_hidden": 12})
   with pytest.raises(ValueError, match=r"different model.*bilstm1.*Use the model config"):
-    ckpts.restore(_state(other, mesh))
+    ckpts.restore(tiny_model.make_state(other, mesh)[0])
   ckpts.close()
 
 
