@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 import tiny_model
 from PIL import Image
@@ -131,7 +132,31 @@ def test_bad_inputs_name_the_problem(recognizer):
   assert recognizer([]) == []
 
 
+def word_log_probs(recognizer, arrays, words):
+  """log P(word | image) summed over all CTC alignments (optax's CTC), per image and word."""
+  apply = jax.jit(lambda x, w: recognizer.model.apply(recognizer.variables, x, w, train=False))
+  out = []
+  for a in arrays:
+    x = np.zeros((1, recognizer.height, recognizer.bucket_of(a.shape[1]), 1), np.float32)
+    x[0, :, :a.shape[1], 0] = a / 255.0
+    logits, pads = apply(x, np.array([a.shape[1]], np.int32))
+    row = {}
+    for word in words:
+      ids = np.array([recognizer.charset.encode(word)], np.int32)
+      row[word] = -float(optax.ctc_loss(logits, pads, ids, np.zeros(ids.shape, np.float32))[0])
+    out.append(row)
+  return out
+
+
 def test_beam_candidates_sorted_and_lexicon_restricted(workdir):
+  """Beam candidates are distinct and sorted; lexicon mode returns both words of a
+  two-word lexicon with their exact probabilities (a beam of 8 holds every prefix of
+  "Inn" and "ROOM", so the search is exact), compared with optax's CTC over the logits.
+
+  Breaks if lexicon mode returns ("", 0.0) or any word other than the likelier one, if
+  its confidences are not the words' probabilities, or if a word with a character the
+  charset lacks is not skipped.
+  """
   beam = Recognizer.from_checkpoint(workdir, batch_size=4, decode="beam", beam_size=4, top_k=3)
   images = [np.full((32, 60), 200, np.uint8), np.random.default_rng(2).integers(
       0, 256, (32, 60), dtype=np.uint8)]
@@ -144,9 +169,15 @@ def test_beam_candidates_sorted_and_lexicon_restricted(workdir):
   assert beam(images) == [h[0] for h in cands]
   words = ["Inn", "ROOM", "caf\u00e9"]  # the last has a character the charset lacks
   lex = Recognizer.from_checkpoint(workdir, batch_size=4, decode="lexicon", beam_size=8,
-                                   lexicon=words)
+                                   top_k=2, lexicon=words)
   assert (lex.lexicon_size, lex.lexicon_skipped) == (2, 1)
-  assert all(text in ("Inn", "ROOM", "") for text, _ in lex(images))
+  expected = word_log_probs(lex, [lex.preprocess(im) for im in images], words[:2])
+  got = lex.candidates(images)
+  for hyps, logp in zip(got, expected):
+    assert [t for t, _ in hyps] == sorted(logp, key=logp.get, reverse=True), (hyps, logp)
+    np.testing.assert_allclose([np.log(c) for _, c in hyps], [logp[t] for t, _ in hyps],
+                               atol=1e-3)
+  assert lex(images) == [h[0] for h in got]
 
 
 def test_predict_folder_with_a_corrupt_file(workdir, recognizer, tmp_path, capsys):
