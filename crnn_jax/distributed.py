@@ -8,6 +8,7 @@ one host could not read) into the same decision on every process.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -89,6 +90,14 @@ def check_agreement(config) -> None:
   """
   if jax.process_count() == 1:
     return
+  # The all-gather below needs the same device count on every process (it fails with a
+  # reshape error otherwise); every process sees the global device list, so all decide alike.
+  counts = collections.Counter(d.process_index for d in jax.devices())
+  if len(set(counts.values())) > 1:
+    rows = "; ".join(f"process {i}: local_devices={counts[i]}" for i in sorted(counts))
+    raise ValueError(f"The {jax.process_count()} processes disagree on ['local_devices'] "
+                     f"({rows}). Launch every process with the same config, overrides and "
+                     f"device count.")
   mine = fingerprint(config)
   encoded = np.frombuffer(json.dumps(mine, sort_keys=True).encode().ljust(256), np.uint8)
   every = sharding.allgather(encoded)

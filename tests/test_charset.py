@@ -17,12 +17,14 @@ def test_round_trip_and_decode_drops_blank_and_padding():
   ids = cs.encode(text)
   assert cs.decode(ids) == text
   assert cs.decode([0] + ids + [-1, -1]) == text
+  # Every character, the first and the last id included.
+  assert cs.decode(cs.encode(charset_lib.DEFAULT_CHARS)) == charset_lib.DEFAULT_CHARS
 
 
 def test_unknown_character_error_names_char_and_text():
   with pytest.raises(ValueError, match=r"Character '!' in text 'hi!'"):
     Charset().encode("hi!")
-  assert Charset().unknown_chars("it's ok!") == "' !"
+  assert Charset().unknown_chars("it's ok! it's") == "' !"  # each once, in order
 
 
 def test_case_fold():
@@ -30,6 +32,7 @@ def test_case_fold():
   assert cs.encode("CaB") == [3, 1, 2]
   assert cs.unknown_chars("ABC") == ""
   assert Charset("abc").unknown_chars("ABC") == "ABC"
+  assert Charset("abc") != cs and Charset("abc", case_fold=True) == cs
 
 
 def test_from_string_and_file(tmp_path):
@@ -39,7 +42,9 @@ def test_from_string_and_file(tmp_path):
   per_line.write_text("x\ny\n \n")
   assert Charset.from_spec(f"file:{one_line}").chars == "xyz"
   assert Charset.from_spec(f"file:{per_line}").chars == "xy "
-  assert Charset.from_spec("default").chars == charset_lib.DEFAULT_CHARS
+  assert Charset.from_spec("default") == Charset.from_spec("") == Charset()
+  assert Charset.from_spec("abc", case_fold=True) == Charset("abc", case_fold=True)
+  assert Charset.from_spec(f"file:{one_line}", case_fold=True).case_fold
   assert Charset.from_spec("0123456789").num_classes == 11
 
 
@@ -54,5 +59,7 @@ def test_encode_batch_pads():
   labels, pads = charset_lib.encode_batch(Charset(), ["ab", "c"], 3)
   assert labels.tolist() == [[1, 2, 0], [3, 0, 0]]
   assert pads.tolist() == [[0, 0, 1], [0, 1, 1]]
+  labels, pads = charset_lib.encode_batch(Charset(), ["abc"], 3)  # exactly max_len fits
+  assert labels.tolist() == [[1, 2, 3]] and pads.tolist() == [[0, 0, 0]]
   with pytest.raises(ValueError, match="max_len is 1"):
     charset_lib.encode_batch(Charset(), ["ab"], 1)

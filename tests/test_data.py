@@ -157,6 +157,39 @@ def test_synth_spec_passes_the_renderer_looks():
   assert (renderer.soft, renderer.extrude) == (0.5, 0.25)
   with pytest.raises(ValueError, match="soft"):
     specs.open_source("synth:5,soft=2").read(0)
+def test_synth_spec_reads_the_renderer():
+  """``synth:N,seed=S,difficulty=D`` with a height and charset: N examples, each the
+  renderer's image and text for (S, index), the same whether read one by one or as a
+  range; ``synth:inf`` is endless; another seed gives other words.
+
+  Breaks if an option is dropped or misparsed (seed, difficulty, height or charset not
+  reaching the renderer gives other images), if the length is not N, or if the spec the
+  source reports would not open the same source again.
+  """
+  from crnn_jax.data import render
+  chars = "abcdefghijklmnopqrstuvwxyz"
+  source = specs.open_source("synth:4,seed=3,difficulty=0.0", height=24, charset=chars)
+  assert len(source) == 4 and source.spec == "synth:4,seed=3,difficulty=0.0"
+  renderer = render.Renderer(seed=3, height=24, difficulty=0.0, charset=chars)
+  one_by_one = [source.read(i) for i in range(4)]
+  for i, (image, text, key) in enumerate(one_by_one):
+    want_image, want_text = renderer.render(i)
+    np.testing.assert_array_equal(image, want_image)
+    assert text == want_text == source.text(i) and key == f"synth[{i}]"
+    assert image.shape[0] == 24 and text and set(text) <= set(chars)
+  for (a, ta, _), (b, tb, _) in zip(one_by_one, source.read_many(range(4))):
+    np.testing.assert_array_equal(a, b)
+    assert ta == tb
+  # The default difficulty (1) draws other images of the same words.
+  harder = specs.open_source("synth:4,seed=3", height=24, charset=chars)
+  assert harder.text(0) == one_by_one[0][1]
+  assert not np.array_equal(harder.read(0)[0], one_by_one[0][0])
+  other_seed = specs.open_source("synth:4,seed=4,difficulty=0.0", height=24, charset=chars)
+  assert [other_seed.text(i) for i in range(4)] != [
+      t for _, t, _ in one_by_one]
+  endless = specs.open_source("synth:inf,seed=3,difficulty=0", height=24, charset=chars)
+  assert endless.endless and len(endless) > 10**15
+  np.testing.assert_array_equal(endless.read(2)[0], one_by_one[2][0])
 
 
 def _epoch_plan(seed):

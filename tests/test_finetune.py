@@ -25,10 +25,16 @@ def used_state(cfg):
 
 
 def leaves_equal(a, b):
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  """Same tree structure (names and nesting), and every pair of leaves equal."""
+  return (jax.tree.structure(a) == jax.tree.structure(b)
+          and all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
 
 
 def test_new_charset_reinitialises_only_the_output_layer(source):
+  """Breaks if init_from keeps the fresh run's BatchNorm statistics (or parameters) instead
+  of the checkpoint's (the two states' statistics are random and differ, not both 0/1), if
+  it keeps the checkpoint's 63-way output layer, or if the optimiser state or step carry on.
+  """
   cfg = tiny_model.config(**{"model.charset": tiny_model.UPPER_DIGITS})
   state, charset = used_state(cfg)
   logs = []
@@ -36,6 +42,9 @@ def test_new_charset_reinitialises_only_the_output_layer(source):
   saved = recognizer.load_checkpoint(source).variables
 
   assert set(new.params) == {"cnn", "bilstm1", "classifier"}
+  # The comparisons below could not fail if the fresh and saved values were equal.
+  assert not leaves_equal(state.batch_stats, saved["batch_stats"])
+  assert not leaves_equal(state.params["cnn"], saved["params"]["cnn"])
   for name in ("cnn", "bilstm1"):
     assert leaves_equal(new.params[name], saved["params"][name]), name
   assert leaves_equal(new.batch_stats, saved["batch_stats"])

@@ -1,3 +1,5 @@
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +23,48 @@ def test_required_frames_counts_repeats():
   labels = jnp.array([[1, 1, 2, 0], [3, 3, 3, 3], [1, 2, 1, 2]])
   pads = jnp.array([[0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 1, 1]], jnp.float32)
   assert losses.required_frames(labels, pads).tolist() == [4, 7, 2]
+
+
+def _brute_force_nll(logits, frames, label, blank=0):
+  """-log P(label) by summing the probabilities of every path of ``frames`` frames that
+  collapses (merge repeats, drop blanks) to ``label``: K**frames paths."""
+  logp = logits[:frames] - np.log(np.exp(logits[:frames]).sum(-1, keepdims=True))
+  total = 0.0
+  for path in itertools.product(range(logits.shape[-1]), repeat=frames):
+    merged = [c for i, c in enumerate(path) if i == 0 or c != path[i - 1]]
+    if [c for c in merged if c != blank] == list(label):
+      total += np.exp(sum(logp[t, c] for t, c in enumerate(path)))
+  return -np.log(total)
+
+
+def test_equals_brute_force_enumeration_of_alignments():
+  """Per-example losses equal -log of the summed probability of every alignment, counted
+  path by path over 4**6 paths, with padded frames and labels, repeated labels (which
+  need a blank between) and a label using every frame.
+
+  Breaks if padded frames or label positions count, if repeats are merged without a
+  blank (or blanks are not the blank_id), or if the loss is not a sum over alignments.
+  """
+  rng = np.random.default_rng(7)
+  b, t, k = 5, 6, 4
+  logits = rng.normal(size=(b, t, k)) * 2
+  frames = [6, 4, 6, 5, 6]
+  labels = [[1, 2], [3, 3], [1, 1, 2, 2], [2], [1, 2, 3, 1, 2, 3]]
+  logit_paddings = (np.arange(t)[None] >= np.array(frames)[:, None]).astype(np.float32)
+  width = max(map(len, labels))
+  padded = np.array([lab + [1] * (width - len(lab)) for lab in labels], np.int32)
+  label_paddings = (np.arange(width)[None] >= np.array([len(x) for x in labels])[:, None])
+  loss, aux = losses.ctc_loss(jnp.asarray(logits, jnp.float32), logit_paddings, padded,
+                              label_paddings.astype(np.float32))
+  want = [_brute_force_nll(logits[i], frames[i], labels[i]) for i in range(b)]
+  assert int(aux["num_usable"]) == b
+  np.testing.assert_allclose(aux["per_example"], want, rtol=1e-5)
+  np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
+  # Blank as the last class: the same paths with the class axis rotated.
+  rotated = np.roll(logits, -1, axis=-1)  # class c -> c - 1; blank 0 -> k - 1
+  _, aux = losses.ctc_loss(jnp.asarray(rotated, jnp.float32), logit_paddings, padded - 1,
+                           label_paddings.astype(np.float32), blank_id=k - 1)
+  np.testing.assert_allclose(aux["per_example"], want, rtol=1e-5)
 
 
 def test_equals_optax_on_feasible_pairs():

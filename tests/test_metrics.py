@@ -1,3 +1,5 @@
+import pytest
+
 from crnn_jax import metrics
 
 
@@ -15,3 +17,16 @@ def test_edit_distance_small_cases():
   assert metrics.edit_distance("kitten", "sitting") == 3
   assert metrics.edit_distance("", "abc") == 3
   assert metrics.edit_distance("same", "same") == 0
+
+
+def test_ned_divides_by_the_longer_string_and_an_empty_set_gives_zeros():
+  """Breaks if NED divides by the truth's length only (a prediction longer than the truth
+  would score 0 instead of 1/2), if an empty set gives NaN rates, or if truths and
+  predictions of different lengths are silently truncated by zip."""
+  result = metrics.summarize(metrics.sums(["ab"], ["abcd"]))
+  assert result["ned"] == 0.5 and result["cer"] == 1.0
+  empty = metrics.summarize(metrics.sums([], [], []))
+  assert empty["n"] == 0
+  assert all(empty[k] == 0.0 for k in ("word_acc", "word_acc_ci", "cer", "ned", "confidence"))
+  with pytest.raises(ValueError, match="differ in length"):
+    metrics.sums(["a", "b"], ["a"])

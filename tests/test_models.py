@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,6 +55,13 @@ def test_smaller_model_is_config_only():
 
 @pytest.mark.parametrize("train", [False, True])
 def test_padded_columns_cannot_change_valid_outputs(train):
+  """Zeros, garbage or 64 more columns of noise beyond each width: the same logits in the
+  valid frames and, in training mode, the same updated BatchNorm running statistics.
+
+  Breaks if padded columns leak into a valid output (a conv or LSTM reading past the
+  width) or into the BatchNorm batch statistics (garbage and extra columns would move
+  the means and variances).
+  """
   model = models.CRNN(num_classes=7, **TINY)
   variables = _init(model, 64)
   rng = np.random.default_rng(0)
@@ -66,16 +75,22 @@ def test_padded_columns_cannot_change_valid_outputs(train):
   wider = np.concatenate([garbage, rng.normal(size=(3, 32, 64, 1)).astype(np.float32)], axis=2)
 
   def run(images):
-    out, _ = model.apply(variables, jnp.asarray(images), jnp.asarray(widths), train=train,
-                         mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
-    return out
+    return model.apply(variables, jnp.asarray(images), jnp.asarray(widths), train=train,
+                       mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
 
-  (a, pa), (b, _), (c, pc) = run(clean), run(garbage), run(wider)
+  ((a, pa), sa), ((b, _), sb), ((c, pc), sc) = run(clean), run(garbage), run(wider)
   frames = models.num_frames(widths)
   for i, t in enumerate(frames):
     np.testing.assert_allclose(a[i, :t], b[i, :t], atol=1e-5)
     np.testing.assert_allclose(a[i, :t], c[i, :t], atol=1e-5)
   np.testing.assert_array_equal(pa, pc[:, :pa.shape[1]])
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+  jax.tree.map(close, sa, sb)
+  jax.tree.map(close, sa, sc)
+  if train:  # the statistics did move: the comparison above could fail
+    moved = jax.tree.map(lambda x, y: not np.allclose(x, y), sa["batch_stats"],
+                         variables["batch_stats"])
+    assert all(jax.tree.leaves(moved))
 
 
 def test_forward_under_jit_and_dtypes(tiny):

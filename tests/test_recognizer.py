@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 import tiny_model
 from PIL import Image
@@ -132,7 +133,31 @@ def test_bad_inputs_name_the_problem(recognizer):
   assert recognizer([]) == []
 
 
+def word_log_probs(recognizer, arrays, words):
+  """log P(word | image) summed over all CTC alignments (optax's CTC), per image and word."""
+  apply = jax.jit(lambda x, w: recognizer.model.apply(recognizer.variables, x, w, train=False))
+  out = []
+  for a in arrays:
+    x = np.zeros((1, recognizer.height, recognizer.bucket_of(a.shape[1]), 1), np.float32)
+    x[0, :, :a.shape[1], 0] = a / 255.0
+    logits, pads = apply(x, np.array([a.shape[1]], np.int32))
+    row = {}
+    for word in words:
+      ids = np.array([recognizer.charset.encode(word)], np.int32)
+      row[word] = -float(optax.ctc_loss(logits, pads, ids, np.zeros(ids.shape, np.float32))[0])
+    out.append(row)
+  return out
+
+
 def test_beam_candidates_sorted_and_lexicon_restricted(workdir):
+  """Beam candidates are distinct and sorted; lexicon mode returns both words of a
+  two-word lexicon with their exact probabilities (a beam of 8 holds every prefix of
+  "Inn" and "ROOM", so the search is exact), compared with optax's CTC over the logits.
+
+  Breaks if lexicon mode returns ("", 0.0) or any word other than the likelier one, if
+  its confidences are not the words' probabilities, or if a word with a character the
+  charset lacks is not skipped.
+  """
   beam = Recognizer.from_checkpoint(workdir, batch_size=4, decode="beam", beam_size=4, top_k=3)
   images = [np.full((32, 60), 200, np.uint8), np.random.default_rng(2).integers(
       0, 256, (32, 60), dtype=np.uint8)]
@@ -145,35 +170,59 @@ def test_beam_candidates_sorted_and_lexicon_restricted(workdir):
   assert beam(images) == [h[0] for h in cands]
   words = ["Inn", "ROOM", "caf\u00e9"]  # the last has a character the charset lacks
   lex = Recognizer.from_checkpoint(workdir, batch_size=4, decode="lexicon", beam_size=8,
-                                   lexicon=words)
+                                   top_k=2, lexicon=words)
   assert (lex.lexicon_size, lex.lexicon_skipped) == (2, 1)
-  assert all(text in ("Inn", "ROOM", "") for text, _ in lex(images))
+  expected = word_log_probs(lex, [lex.preprocess(im) for im in images], words[:2])
+  got = lex.candidates(images)
+  for hyps, logp in zip(got, expected):
+    assert [t for t, _ in hyps] == sorted(logp, key=logp.get, reverse=True), (hyps, logp)
+    np.testing.assert_allclose([np.log(c) for _, c in hyps], [logp[t] for t, _ in hyps],
+                               atol=1e-3)
+  assert lex(images) == [h[0] for h in got]
 
 
 @pytest.mark.real_data
-def test_predict_folder_with_a_corrupt_file(workdir, recognizer, tmp_path, capsys):
+def test_predict_folder_with_a_corrupt_file(reading_weights, reading_model, tmp_path, capsys):
+  """scripts/predict.py on a folder (a JPEG, an RGBA PNG in a subfolder, a truncated file,
+  a text file) with a model that reads: the texts and confidences printed are those of
+  the Recognizer, the truncated file is reported and the others still run.
+
+  Breaks if the script preprocesses, orders or batches differently from the Recognizer
+  (other texts or confidences than ``reading_model``'s, which reads "THE" and "MASTER"),
+  if a bad file stops the run or is not reported, or if --json --top-k loses candidates.
+  """
   folder = tmp_path / "photos"
   (folder / "sub").mkdir(parents=True)
-  shutil.copy(os.path.join(SVT, "images", "1.jpg"), folder / "a.jpg")
-  Image.open(os.path.join(SVT, "images", "2.jpg")).convert("RGBA").save(folder / "sub" / "b.png")
+  shutil.copy(os.path.join(SVT, "images", "18.jpg"), folder / "a.jpg")  # THE
+  Image.open(os.path.join(SVT, "images", "14.jpg")).convert("RGBA").save(
+      folder / "sub" / "b.png")  # MASTER
   with open(os.path.join(SVT, "images", "3.jpg"), "rb") as f:
     (folder / "broken.jpg").write_bytes(f.read()[:200])  # truncated
   (folder / "notes.txt").write_text("not an image")  # not an image extension: not taken
-  code = predict.main(["--workdir", workdir, "--batch-size", "4", str(folder)])
+  code = predict.main(["--weights", reading_weights, "--batch-size", "4", str(folder)])
   out, err = capsys.readouterr()
   assert code == 1
   rows = [line.split("\t") for line in out.strip().splitlines()]
   assert [r[0] for r in rows] == [str(folder / "a.jpg"), str(folder / "sub" / "b.png")]
-  assert all(len(r) == 3 and 0.0 <= float(r[2]) <= 1.0 for r in rows)
+  assert all(len(r) == 3 for r in rows)
   assert f"error: {folder / 'broken.jpg'}" in err and "notes.txt" not in out + err
 
   images = [recognizer_lib.read_image(str(folder / "a.jpg")),
             recognizer_lib.read_image(str(folder / "sub" / "b.png"))]
-  assert [r[1] for r in rows] == [t for t, _ in recognizer(images)]
+  expected = reading_model(images)
+  assert [t for t, _ in expected] == ["THE", "MASTER"]  # a model that reads
+  assert [r[1] for r in rows] == [t for t, _ in expected]
+  # Printed with 4 decimals.
+  np.testing.assert_allclose([float(r[2]) for r in rows], [c for _, c in expected], atol=6e-5)
 
-  code = predict.main(["--workdir", workdir, "--json", "--top-k", "2", "--beam-size", "2",
-                       str(folder / "a.jpg"), str(folder / "broken.jpg")])
+  code = predict.main(["--weights", reading_weights, "--json", "--top-k", "2", "--beam-size",
+                       "2", str(folder / "a.jpg"), str(folder / "broken.jpg")])
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert code == 1
-  assert lines[0]["path"].endswith("a.jpg") and len(lines[0]["candidates"]) <= 2
+  first = lines[0]
+  assert first["path"].endswith("a.jpg") and len(first["candidates"]) == 2
+  assert (first["text"], first["confidence"]) == tuple(first["candidates"][0].values())
+  # Beam search sums the word's alignments: at least the best path's probability.
+  assert first["text"] == "THE" and first["confidence"] >= expected[0][1] * (1 - 1e-5)
+  assert first["candidates"][1]["confidence"] <= first["confidence"]
   assert lines[1]["path"].endswith("broken.jpg") and "error" in lines[1]

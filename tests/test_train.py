@@ -8,6 +8,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import tiny_model
 
 from crnn_jax import checkpoints, sharding, train
 from crnn_jax.data import batching, index, specs
@@ -80,13 +81,104 @@ def test_loss_falls_on_a_fixed_batch():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+def _optim_config(**optim):
+  return tiny_config(**{f"optim.{k}": v for k, v in optim.items()}, **{"train.num_steps": 100})
+
+
+def test_schedules_by_hand():
+  """Breaks if warmup does not rise linearly from 0 to the peak, if the constant schedule
+  moves after it, or if cosine does not fall to end_lr_fraction of the peak at num_steps
+  through its midpoint value."""
+  lr = 0.02
+  const = train.make_schedule(_optim_config(learning_rate=lr))
+  assert [float(const(t)) for t in (0, 50, 1000)] == pytest.approx([lr] * 3)
+  warm = train.make_schedule(_optim_config(learning_rate=lr, warmup_steps=10))
+  assert [float(warm(t)) for t in (0, 5, 10, 11, 99)] == pytest.approx(
+      [0.0, lr / 2, lr, lr, lr])
+  cosine = train.make_schedule(_optim_config(learning_rate=lr, warmup_steps=10,
+                                             schedule="cosine", end_lr_fraction=0.1))
+  end = 0.1 * lr
+  # Peak at 10, halfway down at (10 + 100) / 2 = 55, the floor at num_steps and after.
+  assert [float(cosine(t)) for t in (0, 5, 10, 55, 100, 150)] == pytest.approx(
+      [0.0, lr / 2, lr, (lr + end) / 2, end, end], rel=1e-5)
+  with pytest.raises(ValueError, match="optim.schedule 'step'"):
+    train.make_schedule(_optim_config(schedule="step"))
+  with pytest.raises(ValueError, match="optim.name 'sgd'"):
+    train.make_optimizer(_optim_config(name="sgd"))
+
+
+def _numpy_updates(name, grads, params, *, lr, weight_decay=0.0, clip=0.0):
+  """Updates of three steps by the textbook formulas (optax's default constants)."""
+  m, v, out = 0.0, 0.0, []
+  for t, g in enumerate(grads, 1):
+    if clip:
+      g = g * min(1.0, clip / np.linalg.norm(g))
+    if name == "rmsprop":  # Tieleman & Hinton; optax adds eps inside the square root
+      v = 0.9 * v + 0.1 * g**2
+      out.append(-lr[t - 1] * g / np.sqrt(v + 1e-8))
+      continue
+    m = 0.9 * m + 0.1 * g
+    v = 0.999 * v + 0.001 * g**2
+    step = (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    out.append(-lr[t - 1] * (step + weight_decay * params))  # AdamW: decoupled decay
+  return out
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("adam", {}), ("adamw", {"weight_decay": 0.3}), ("rmsprop", {}),
+    ("adam", {"grad_clip_norm": 1.0}), ("adam", {"warmup_steps": 2})],
+    ids=["adam", "adamw", "rmsprop", "adam-clipped", "adam-warmup"])
+def test_optimizers_by_hand(name, extra):
+  """Three updates of make_optimizer against the textbook formulas, in float64 terms.
+
+  Breaks if optim.name picks another optimiser, if weight_decay is ignored or coupled to
+  the gradient, if clipping is off or clips to another norm (the first gradient, norm
+  10, dominates Adam's moments unclipped), or if the schedule's learning rate is not the
+  one applied (with 2 warmup steps the first update is 0, the second half the peak).
+  """
+  lr = 0.01
+  config = _optim_config(name=name, learning_rate=lr, **extra)
+  rng = np.random.default_rng(0)
+  params = rng.normal(size=5)
+  grads = [rng.normal(size=5) for _ in range(3)]
+  grads[0] *= 10 / np.linalg.norm(grads[0])
+  grads[1] *= 0.5 / np.linalg.norm(grads[1])
+  tx = train.make_optimizer(config)
+  state = tx.init(params.astype(np.float32))
+  got = []
+  for g in grads:
+    u, state = tx.update(g.astype(np.float32), state, params.astype(np.float32))
+    got.append(np.asarray(u, np.float64))
+  rates = [float(train.make_schedule(config)(t)) for t in range(3)]
+  want = _numpy_updates(name, grads, params, lr=rates, weight_decay=extra.get("weight_decay", 0),
+                        clip=extra.get("grad_clip_norm", 0))
+  for step, (a, b) in enumerate(zip(got, want)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9, err_msg=f"update {step + 1}")
+  if "warmup_steps" in extra:
+    assert not np.any(got[0]) and rates[1] == pytest.approx(lr / 2)
+
+
 def test_batch_not_divisible_by_devices_is_a_clear_error():
   mesh = sharding.make_mesh()
   with pytest.raises(ValueError, match=r"train.batch_size=12 is not divisible by the 8 devices"):
     train.validate_config(tiny_config(**{"train.batch_size": 12}), mesh)
 
 
+def _same(a, b):
+  """Same tree structure (optimiser namedtuples included) and bit-identical leaves."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
 def test_train_checkpoint_and_resume(tmp_path, capsys):
+  """0 -> 2, then a resume 2 -> 4, ends bit for bit where a straight 0 -> 4 run ends; a
+  saved state restores equal to the state in memory, every leaf and the tree structure.
+
+  Breaks if saving drops or alters any leaf (e.g. Adam's moments: zeros restored where
+  random values were saved, and the resumed run's steps 3-4 move differently), if a
+  resume does not continue the data order, the dropout keys or the step count, or if a
+  checkpoint of another model shape restores without a clear error.
+  """
   workdir = str(tmp_path / "run")
   config = tiny_config(**{"train.num_steps": 2, "checkpoint.every_steps": 2,
                           "eval.every_steps": 2})
@@ -104,20 +196,40 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
   assert "step 3/4" in out and "step 1/4" not in out
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
 
-  # Round trip: the saved step-4 state restores exactly, optimiser state included.
+  # The same 4 steps in one go.
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(config, straight)
+  assert "Resuming" not in capsys.readouterr().out
+
   mesh = sharding.make_mesh()
+  # Templates from eval_shape: no compilation of the model's init.
+  template = tiny_model.make_state(config, mesh)[0]
   ckpts = checkpoints.Checkpoints(workdir)
-  template = _state(config, mesh)
-  restored, meta = ckpts.restore(template)
-  assert int(restored.step) == 4 and meta["charset"] == train.make_charset(config).chars
-  assert type(restored.opt_state) is type(template.opt_state)
-  again, _ = ckpts.restore(template)
-  jax.tree.map(np.testing.assert_array_equal, restored, again)
+  resumed, meta = ckpts.restore(template)
+  assert int(resumed.step) == 4 and meta["charset"] == train.make_charset(config).chars
+  assert type(resumed.opt_state) is type(template.opt_state)
+  direct, _ = checkpoints.Checkpoints(straight).restore(template)
+  _same(resumed, direct)
+  assert not np.array_equal(resumed.params["classifier"]["bias"],
+                            ckpts.restore(template, 2)[0].params["classifier"]["bias"])
+
+  # Round trip against the state in memory: every leaf random and distinct (Adam's
+  # moments and count too), so a leaf saved as zeros or as another leaf shows.
+  rng = np.random.default_rng(3)
+  saved = jax.tree.map(lambda x: jax.device_put(
+      (rng.random(x.shape) + 1).astype(x.dtype), x.sharding), template)
+  other_dir = checkpoints.Checkpoints(str(tmp_path / "roundtrip"))
+  other_dir.save(7, saved, train._meta(config, train.make_charset(config), saved), force=True)
+  other_dir.wait()
+  restored, _ = other_dir.restore(template)
+  other_dir.close()
+  _same(restored, saved)
+  assert int(restored.step) == int(saved.step) != int(template.step)
 
   # A different model shape is named, not a crash deep in Orbax.
   other = tiny_config(**{"model.lstm_hidden": 12})
   with pytest.raises(ValueError, match=r"different model.*bilstm1.*Use the model config"):
-    ckpts.restore(_state(other, mesh))
+    ckpts.restore(tiny_model.make_state(other, mesh)[0])
   ckpts.close()
 
 

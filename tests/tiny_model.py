@@ -50,7 +50,10 @@ def make_state(cfg: ml_collections.ConfigDict, mesh=None, seed: int = 0):
   """A ``TrainState`` shaped as ``train_and_evaluate`` makes it, replicated over ``mesh``.
 
   Weights are random normal (scale 0.2) rather than the model's initialisers: ``init``
-  takes many seconds to compile on a busy 2-core machine, ``eval_shape`` none.
+  takes many seconds to compile on a busy 2-core machine, ``eval_shape`` none. BatchNorm
+  statistics are random too (means about 0 +- 0.1, variances in [0.5, 1.5]), as after
+  training, so that a test can tell this state's statistics from another seed's or from
+  a fresh model's 0/1.
   """
   mesh = mesh or sharding.make_mesh()
   charset = train.make_charset(cfg)
@@ -63,9 +66,11 @@ def make_state(cfg: ml_collections.ConfigDict, mesh=None, seed: int = 0):
     names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
     if names[0] == "params":
       value = rng.normal(0.0, 0.2, leaf.shape)
-    elif names[-1] == "var":
-      value = np.ones(leaf.shape)
-    else:  # step, optimiser moments and counts, BatchNorm means
+    elif names[0] == "batch_stats" and names[-1] == "var":
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    elif names[0] == "batch_stats":
+      value = rng.normal(0.0, 0.1, leaf.shape)
+    else:  # step, optimiser moments and counts
       value = np.zeros(leaf.shape)
     return jax.device_put(value.astype(leaf.dtype), sharding.replicated(mesh))
 
