@@ -29,6 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout = 0.2
   # Convolution implementation: 'auto' picks the fastest for the backend.
   config.model.conv_impl = "auto"
+  # Dtype the model computes in: 'float32', 'bfloat16' (convolutions, LSTM matmuls and the
+  # classifier; parameters, optimiser state, BatchNorm statistics and the loss stay
+  # float32), or 'auto': bfloat16 on GPU and TPU, float32 on CPU. Checkpoints do not
+  # depend on it.
+  config.model.compute_dtype = "auto"
   # Characters predicted: 'default' (a-z A-Z 0-9), a literal string, or file:PATH.
   config.model.charset = "default"
   # Lower-case labels before encoding (for lower-case charsets).

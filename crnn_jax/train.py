@@ -287,7 +287,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   charset = make_charset(config)
   model = make_model(config, charset.num_classes)
   _log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} over "
-       f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank")
+       f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank; "
+       f"computing in {jnp.dtype(model.dtype).name} (model.compute_dtype="
+       f"{config.model.compute_dtype!r}), parameters in float32")
 
   eval_sets = inputs.EvalSets(config, charset, log=_log)  # prepared in the background
   batches = inputs.train_loader(config, charset, log=_log)

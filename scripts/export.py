@@ -25,6 +25,9 @@ def main(argv=None) -> int:
   p.add_argument("--conv-impl", default=None,
                  help="convolution traced into the artefact (auto, xla, im2col, winograd); "
                  "default the checkpoint's. Use xla when exporting for a GPU from a CPU")
+  p.add_argument("--compute-dtype", default=None,
+                 help="dtype traced into the artefact (auto, float32, bfloat16); default the "
+                 "checkpoint's model.compute_dtype, with auto resolved on this machine")
   args = p.parse_args(argv)
   from absl import logging
   logging.set_verbosity(logging.ERROR)  # Orbax reports read-only managers at WARNING
@@ -33,7 +36,8 @@ def main(argv=None) -> int:
 
   platforms = args.platforms.split(",") if args.platforms else None
   meta = export.export_checkpoint(args.workdir or args.checkpoint, args.output,
-                                  platforms=platforms, conv_impl=args.conv_impl)
+                                  platforms=platforms, conv_impl=args.conv_impl,
+                                  compute_dtype=args.compute_dtype)
   size = os.path.getsize(os.path.join(args.output, export.MODEL_FILE))
   print(f"Exported {meta['checkpoint']['path']} (step {meta['checkpoint']['step']}) to "
         f"{args.output}: {export.MODEL_FILE} ({size / 1e6:.1f} MB, platforms "
