@@ -90,7 +90,7 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
   first = train.train_and_evaluate(config, workdir)
   out = capsys.readouterr().out
   assert "Resuming" not in out and "word accuracy" in out and first["n"] == 250
-  assert "computing in float32" in out
+  assert "data_wait " in out and "computing in float32" in out
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
   assert os.path.exists(os.path.join(workdir, "samples", "step_0000002.png"))
   assert any(f.startswith("events.out") for f in os.listdir(os.path.join(workdir, "tensorboard")))
