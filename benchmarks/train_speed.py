@@ -434,9 +434,10 @@ def bench_batch(batch: int, args, threads: int, mm: list[float], all_ratios: dic
           f"peak CUDA allocation over its first step {peaks or 'not run'}")
   elif torch_sides:
     torch_mem = torch_memory(batch, j.num_classes, threads, args.malloc)
-    print("peak memory: crnn_jax XLA buffers (arguments + temporaries + outputs) "
-          + (f"train {xla_mb(j.train_memory):.0f} MB, infer {xla_mb(j.infer_memory):.0f} MB"
-             if not many_jax else xla)
+    print((f"peak memory: crnn_jax XLA buffers (arguments + temporaries + outputs) train "
+           f"{xla_mb(j.train_memory):.0f} MB, infer {xla_mb(j.infer_memory):.0f} MB"
+           if not many_jax else f"peak memory: XLA buffers (arguments + temporaries + "
+           f"outputs) {xla}")
           + f"; PyTorch resident-set growth over its first step (own process, fp32) train "
           f"{torch_mem['train']:.0f} MB, infer {torch_mem['infer']:.0f} MB")
   else:
@@ -466,13 +467,12 @@ def bench_batch(batch: int, args, threads: int, mm: list[float], all_ratios: dic
   else:
     # Model arithmetic (plain convolutions) per second over the measured matmul rate: the
     # fraction of the chip's bfloat16 peak (as measured) that the step turns into work.
-    print(f"model arithmetic per second, TFLOP/s train / infer, and the train step's "
-          f"fraction of the {mm_what} rate ({mm_med / 1e3:.0f} TFLOP/s, median of "
-          f"{len(mm)}):")
+    print(f"model arithmetic per second, GFLOP/s train / infer, and the train step's "
+          f"fraction of the {mm_what} rate ({mm_med:.0f} GFLOP/s, median of {len(mm)}):")
     for name, _ in sides:
       t_rate = gflops(nominal_train / batch, med[name, "t"])
       i_rate = gflops(nominal_infer / batch, med[name, "i"])
-      print(f"  {name:{w}}{t_rate / 1e3:8.1f} /{i_rate / 1e3:7.1f}   {t_rate / mm_med:6.1%}")
+      print(f"  {name:{w}}{t_rate:9.1f} /{i_rate:9.1f}   {t_rate / mm_med:6.1%}")
   sys.stdout.flush()
 
 
