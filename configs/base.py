@@ -29,6 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout = 0.2
   # Convolution implementation: 'auto' picks the fastest for the backend.
   config.model.conv_impl = "auto"
+  # Dtype the model computes in: 'float32', 'bfloat16' (convolutions, LSTM matmuls and the
+  # classifier; parameters, optimiser state, BatchNorm statistics and the loss stay
+  # float32), or 'auto': bfloat16 on GPU and TPU, float32 on CPU. Checkpoints do not
+  # depend on it.
+  config.model.compute_dtype = "auto"
   # Characters predicted: 'default' (a-z A-Z 0-9), a literal string, or file:PATH.
   config.model.charset = "default"
   # Lower-case labels before encoding (for lower-case charsets).
@@ -52,6 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
   # the step; 0 prepares them in the training process, as do sets held in memory without
   # augmentation (nothing to do but assemble batches).
   config.data.num_workers = 2
+  # Batches placed on the devices ahead of the step by a background thread, so the
+  # host-to-device copy overlaps the step (the progress line's data_wait shows any time
+  # the step still waits); 0 places each batch when the step needs it.
+  config.data.device_prefetch = 2
   # Augmentation strength in [0, 1] for every training example, real or rendered
   # (crnn_jax/data/augment.py); 0 (the seed's behaviour) turns it off.
   config.data.augment = 0.0

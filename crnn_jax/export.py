@@ -37,7 +37,8 @@ META_FILE = "meta.json"
 
 
 def export_recognizer(recognizer: Recognizer, *, platforms: Sequence[str] | None = None,
-                      conv_impl: str | None = None) -> jax.export.Exported:
+                      conv_impl: str | None = None,
+                      compute_dtype: str | None = None) -> jax.export.Exported:
   """Exports ``recognizer``'s model and greedy decoding with symbolic batch and width.
 
   Args:
@@ -46,6 +47,9 @@ def export_recognizer(recognizer: Recognizer, *, platforms: Sequence[str] | None
     conv_impl: the convolution implementation traced into the artefact (see
       ``crnn_jax.conv``); default the checkpoint's. ``'auto'`` picks by the exporting
       machine's backend, so export for an accelerator from a CPU with ``'xla'``.
+    compute_dtype: the dtype traced into the artefact (``models.COMPUTE_DTYPES``);
+      default the recognizer's. ``'auto'`` picks by the exporting machine's backend, as
+      ``conv_impl`` does; the outputs are float32 either way.
 
   Returns:
     the ``jax.export.Exported``; ``.call(images, widths)`` runs it.
@@ -53,6 +57,8 @@ def export_recognizer(recognizer: Recognizer, *, platforms: Sequence[str] | None
   model, variables = recognizer.model, recognizer.variables
   if conv_impl is not None:
     model = model.clone(conv_impl=conv_impl)  # same parameters, another kernel
+  if compute_dtype is not None:
+    model = model.clone(dtype=models.resolve_compute_dtype(compute_dtype))
 
   def infer(images, widths):
     x = images.astype(jnp.float32)[..., None] / 255.0  # as in training
@@ -69,7 +75,7 @@ def export_recognizer(recognizer: Recognizer, *, platforms: Sequence[str] | None
 
 
 def export_meta(recognizer: Recognizer, exported: jax.export.Exported,
-                conv_impl: str | None = None) -> dict:
+                conv_impl: str | None = None, compute_dtype: str | None = None) -> dict:
   """What a loader needs besides the function: preprocessing, charset, the contract."""
   meta = {
       "format": FORMAT,
@@ -83,6 +89,8 @@ def export_meta(recognizer: Recognizer, exported: jax.export.Exported,
       "resize_mode": recognizer.resize_mode,
       "platforms": list(exported.platforms),
       "conv_impl": conv_impl or recognizer.model.conv_impl,
+      "compute_dtype": (models.resolve_compute_dtype(compute_dtype) if compute_dtype
+                        else jnp.dtype(recognizer.model.dtype)).name,
       "inputs": {"images": "(b, height, W) uint8, W a multiple of width_multiple, "
                            "grayscale 0-255, zero-padded on the right",
                  "widths": "(b,) int32 valid width of each image"},
@@ -128,10 +136,11 @@ def load(directory: str) -> tuple[jax.export.Exported, dict]:
 
 
 def export_checkpoint(path: str, directory: str, *, platforms: Sequence[str] | None = None,
-                      conv_impl: str | None = None) -> dict:
+                      conv_impl: str | None = None, compute_dtype: str | None = None) -> dict:
   """Exports the checkpoint at ``path`` into ``directory``; returns the meta written."""
   recognizer = Recognizer.from_checkpoint(path)
-  exported = export_recognizer(recognizer, platforms=platforms, conv_impl=conv_impl)
-  meta = export_meta(recognizer, exported, conv_impl)
+  exported = export_recognizer(recognizer, platforms=platforms, conv_impl=conv_impl,
+                               compute_dtype=compute_dtype)
+  meta = export_meta(recognizer, exported, conv_impl, compute_dtype)
   save(directory, exported, meta)
   return meta

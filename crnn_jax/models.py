@@ -5,6 +5,12 @@ into time: ``T = W / 4 - 1`` frames (31 at width 128) for the seed layout. Colum
 beyond an example's width are zeroed after every layer and excluded from
 BatchNorm statistics, and the LSTMs run only over each example's frames, so what
 lies in padded columns cannot change any valid output.
+
+Parameters are always float32. The model computes in ``dtype``: with bfloat16 the
+convolutions, the LSTMs' matmuls and the classifier run in bfloat16 on float32 weights
+cast at use, while BatchNorm statistics, the LSTM cell state and the returned logits
+stay float32 (``COMPUTE_DTYPES``, ``resolve_compute_dtype``). The dtype changes how the
+model runs, never its variables: a checkpoint serves every compute dtype.
 """
 
 from __future__ import annotations
@@ -25,6 +31,36 @@ SEED_CONV_FEATURES = (64, 128, 256, 256, 512, 512, 512)
 
 # Total down-sampling of width by the two 2x2 pools.
 WIDTH_STRIDE = 4
+
+# Values of ``model.compute_dtype``.
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+# Backends where 'auto' computes in bfloat16: their matrix units run it several times
+# faster than float32. XLA's CPU backend does not (FACTS.md: nothing gained on this CPU,
+# and the CPU fast-path convolutions are float32 algorithms).
+_BFLOAT16_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def resolve_compute_dtype(name: str, backend: str | None = None) -> jnp.dtype:
+  """The dtype ``model.compute_dtype`` stands for on ``backend`` (default: JAX's default).
+
+  Args:
+    name: one of ``COMPUTE_DTYPES``; ``'auto'`` is bfloat16 on GPU and TPU, float32
+      elsewhere.
+    backend: a platform name as ``jax.default_backend()`` gives it.
+
+  Returns:
+    ``jnp.float32`` or ``jnp.bfloat16``.
+
+  Raises:
+    ValueError: for a name not in ``COMPUTE_DTYPES``.
+  """
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"model.compute_dtype must be one of {COMPUTE_DTYPES}; got {name!r}.")
+  if name == "auto":
+    backend = jax.default_backend() if backend is None else backend
+    name = "bfloat16" if backend in _BFLOAT16_BACKENDS else "float32"
+  return jnp.dtype(name)
 
 
 def num_frames(widths: np.ndarray | jax.Array | int):
@@ -99,17 +135,27 @@ class ConvStack(nn.Module):
 
 
 class BiLSTM(nn.Module):
-  """A bidirectional LSTM over (B, T, F), forward and backward outputs concatenated."""
+  """A bidirectional LSTM over (B, T, F), forward and backward outputs concatenated.
+
+  Attributes:
+    hidden: units per direction.
+    dropout: input dropout rate.
+    dtype: dtype of the gate matmuls. The carry is created in the parameters' float32
+      and stays float32 (a bfloat16 gate times a float32 cell state is float32), so the
+      cell state does not lose precision over the sequence; the output is float32.
+  """
   hidden: int
   dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, seq_lengths: jax.Array, *, train: bool) -> jax.Array:
+    """x: (B, T, F); seq_lengths: (B,) valid frames. Returns (B, T, 2 * hidden)."""
     # Keras' LSTM(dropout=...) drops input features with one mask for all time steps.
     x = nn.Dropout(self.dropout, broadcast_dims=(1,), deterministic=not train)(x)
     return nn.Bidirectional(
-        nn.RNN(nn.LSTMCell(self.hidden), name="forward"),
-        nn.RNN(nn.LSTMCell(self.hidden), name="backward"),
+        nn.RNN(nn.LSTMCell(self.hidden, dtype=self.dtype), name="forward"),
+        nn.RNN(nn.LSTMCell(self.hidden, dtype=self.dtype), name="backward"),
     )(x, seq_lengths=seq_lengths)
 
 
@@ -124,6 +170,8 @@ class CRNN(nn.Module):
     lstm_layers: number of BiLSTM layers.
     dropout: input dropout of each BiLSTM layer.
     conv_impl: see ``crnn_jax.conv``.
+    dtype: the compute dtype (float32 or bfloat16; see the module docstring). Parameters
+      are float32 whatever it is.
   """
   num_classes: int
   height: int = 32
@@ -132,6 +180,7 @@ class CRNN(nn.Module):
   lstm_layers: int = 2
   dropout: float = 0.2
   conv_impl: str = "auto"
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, widths: jax.Array, *, train: bool = False):
@@ -165,7 +214,8 @@ class CRNN(nn.Module):
     if widths.shape != images.shape[:1]:
       raise ValueError(f"CRNN widths must have shape {images.shape[:1]}; got {widths.shape}.")
     widths = widths.astype(jnp.int32)
-    x = ConvStack(self.conv_features, self.conv_impl, name="cnn")(images, widths, train=train)
+    x = ConvStack(self.conv_features, self.conv_impl, self.dtype, name="cnn")(
+        images, widths, train=train)
     if x.shape[1] != 1:
       raise ValueError(
           f"Conv stack left height {x.shape[1]} instead of 1 for image height {self.height}: "
@@ -173,23 +223,40 @@ class CRNN(nn.Module):
     x = x[:, 0]  # [B, 1, T, F] -> [B, T, F]
     frames = num_frames(widths)
     for i in range(self.lstm_layers):
-      x = BiLSTM(self.lstm_hidden, self.dropout, name=f"bilstm{i + 1}")(x, frames, train=train)
-    logits = nn.Dense(self.num_classes, name="classifier")(x).astype(jnp.float32)
+      x = BiLSTM(self.lstm_hidden, self.dropout, self.dtype, name=f"bilstm{i + 1}")(
+          x, frames, train=train)
+    # The loss and the decoders take float32 logits (log-softmax of bfloat16 logits would
+    # round probabilities to 3 significant digits).
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    logits = logits.astype(jnp.float32)
     logit_paddings = (jnp.arange(x.shape[1])[None, :] >= frames[:, None]).astype(jnp.float32)
     return logits, logit_paddings
 
 
-def from_config(model_config, num_classes: int) -> CRNN:
+def from_config(model_config, num_classes: int, *, compute_dtype: str | None = None) -> CRNN:
   """The ``CRNN`` a ``config.model`` group (or its dict, as checkpoints store it) describes.
 
   The one place that maps a model config to a module: training builds its model here and
-  so does every loader of saved weights.
+  so does every loader of saved weights. ``compute_dtype`` is resolved here, once, for
+  the default backend (configs and checkpoints from before the field existed mean
+  ``'auto'``).
+
+  Args:
+    model_config: a ``config.model`` group or a checkpoint's ``meta['model']``.
+    num_classes: outputs per frame.
+    compute_dtype: overrides the config's ``compute_dtype`` (one of ``COMPUTE_DTYPES``).
+
+  Raises:
+    ValueError: for an unknown compute dtype.
   """
   m = model_config
+  if compute_dtype is None:
+    compute_dtype = m.get("compute_dtype", "auto")
   return CRNN(num_classes=num_classes, height=m["height"],
               conv_features=tuple(m["conv_features"]), lstm_hidden=m["lstm_hidden"],
               lstm_layers=m["lstm_layers"], dropout=m["dropout"],
-              conv_impl=m.get("conv_impl", "auto"))
+              conv_impl=m.get("conv_impl", "auto"),
+              dtype=resolve_compute_dtype(compute_dtype))
 
 
 def count_params(tree) -> int:

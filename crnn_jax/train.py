@@ -2,8 +2,10 @@
 
 ``train_step`` and ``eval_step`` are pure functions of (state, batch[, rng]).
 ``train_and_evaluate`` jits them once over a mesh of every device (batch split on
-``data``, state replicated, state donated), feeds them from the data pipeline,
-and handles progress, evaluation, TensorBoard, checkpoints and resumption.
+``data``, state replicated, state donated), feeds them from the data pipeline
+through a bounded prefetch onto the devices (``crnn_jax.prefetch``), and handles
+progress (with the share of time spent waiting for data), evaluation, TensorBoard,
+checkpoints and resumption.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from flax.training import train_state
 
 from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
-from crnn_jax import distributed, inputs, losses, metrics, models, nonfinite, sharding
+from crnn_jax import distributed, inputs, losses, metrics, models, nonfinite, prefetch, sharding
 from crnn_jax.data import batching
 
 
@@ -183,6 +185,9 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
   for group in ("eval", "checkpoint"):
     if config[group].every_steps < 1:
       raise ValueError(f"{group}.every_steps must be at least 1; got {config[group].every_steps}.")
+  if config.data.device_prefetch < 0:
+    raise ValueError(f"data.device_prefetch must be at least 0; got "
+                     f"{config.data.device_prefetch}.")
 
 
 class _StopRequested:
@@ -224,6 +229,24 @@ def _meta(config, charset, state) -> dict:
                "resize_mode": config.data.resize_mode},
       "param_shapes": ckpt_lib.param_shapes(state.params),
   }
+
+
+def _device_batches(batches: Callable, start: int, stop: int, mesh,
+                    size: int) -> prefetch.DevicePrefetch:
+  """The global batches of steps ``start ... stop - 1``, ``size`` placed ahead."""
+
+  def host_batches():
+    if start >= stop:
+      return  # nothing to read, and no worker process to start
+    it = batches(start)  # worker processes start preparing batches here
+    try:
+      for step in range(start, stop):
+        yield nonfinite.poison_for_test(next(it), step + 1)
+    finally:
+      it.close()
+
+  return prefetch.DevicePrefetch(host_batches(), functools.partial(sharding.to_global,
+                                                                   mesh=mesh), size)
 
 
 def evaluate(eval_fn: Callable, state: TrainState, eval_set: inputs.EvalSet,
@@ -287,7 +310,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   charset = make_charset(config)
   model = make_model(config, charset.num_classes)
   _log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} over "
-       f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank")
+       f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank; "
+       f"computing in {jnp.dtype(model.dtype).name} (model.compute_dtype="
+       f"{config.model.compute_dtype!r}), parameters in float32")
 
   eval_sets = inputs.EvalSets(config, charset, log=_log)  # prepared in the background
   batches = inputs.train_loader(config, charset, log=_log)
@@ -333,10 +358,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start = time.time()
     member_names = inputs.member_names([f.source.spec for f in batches.feeds])
     member_rows = np.zeros(len(member_names))
-    train_iter = batches(start)  # worker processes start preparing batches here
+    train_iter = _device_batches(batches, start, num_steps, mesh, config.data.device_prefetch)
+    wait_log = 0.0
     for step in range(start, num_steps):
-      host_batch = nonfinite.poison_for_test(next(train_iter), step + 1)
-      state, m = p_train(state, sharding.to_global(host_batch, mesh), step_rng)
+      state, m = p_train(state, next(train_iter), step_rng)
       n_log += config.train.batch_size
       if writer:
         member_rows += batches.member_counts(step)
@@ -350,10 +375,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         m = jax.device_get(m)
         dt = time.time() - t_log
         ips = n_log / max(dt, 1e-9)
+        # Share of the interval the loop waited for a batch: the device starved.
+        data_wait = (train_iter.wait_seconds - wait_log) / max(dt, 1e-9)
         eta = (num_steps - done) * config.train.batch_size / max(ips, 1e-9)
         lr = float(make_schedule(config)(done))
         _log(f"step {done}/{num_steps}  loss {m['loss']:.4f}  images/s {ips:.1f}  "
-             f"ETA {_hms(eta)}  lr {lr:.2e}  masked {int(m['num_infeasible'])}"
+             f"data_wait {data_wait:.0%}  ETA {_hms(eta)}  lr {lr:.2e}  "
+             f"masked {int(m['num_infeasible'])}"
              + (f"  skipped {skips.total} non-finite" if skips.total else "")
              + ("  (includes compile)" if done == start + 1 else ""))
         if writer:
@@ -361,10 +389,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.scalars(done, {"train/loss": m["loss"], "train/learning_rate": lr,
                                 "train/masked_examples": m["num_infeasible"],
                                 "train/grad_norm": m["grad_norm"], "train/images_per_s": ips,
+                                "train/data_wait_fraction": data_wait,
                                 "train/nonfinite_steps": skips.total,
                                 **{f"train/share/{n}": v for n, v in zip(member_names, shares)}})
         member_rows = np.zeros(len(member_names))
-        t_log, n_log = time.time(), 0
+        t_log, n_log, wait_log = time.time(), 0, train_iter.wait_seconds
       last = done == num_steps
       if done % config.eval.every_steps == 0 or last:
         results, samples = {}, []
@@ -391,7 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.scalars(done, {"eval/selected_word_acc": selected})
           writer.samples(done, samples)
         ckpts.save_best(done, state, meta, {"word_acc": selected})
-        t_log, n_log = time.time(), 0
+        t_log, n_log, wait_log = time.time(), 0, train_iter.wait_seconds
       # Every process stops after the same step, whichever got the signal.
       stopping = distributed.any_process(stop.signum is not None)
       if done % config.checkpoint.every_steps == 0 or last or stopping:

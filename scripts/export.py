@@ -28,6 +28,9 @@ def parse_args(argv=None):
   p.add_argument("--conv-impl", default=None,
                  help="convolution traced into the artefact (auto, xla, im2col, winograd); "
                  "default the checkpoint's. Use xla when exporting for a GPU from a CPU")
+  p.add_argument("--compute-dtype", default=None,
+                 help="dtype traced into the artefact (auto, float32, bfloat16); default the "
+                 "checkpoint's model.compute_dtype, with auto resolved on this machine")
   return p.parse_args(argv)
 
 
@@ -43,7 +46,8 @@ def export(args) -> None:
 
   platforms = args.platforms.split(",") if args.platforms else None
   meta = export_lib.export_checkpoint(args.workdir or args.checkpoint, args.out,
-                                      platforms=platforms, conv_impl=args.conv_impl)
+                                      platforms=platforms, conv_impl=args.conv_impl,
+                                      compute_dtype=args.compute_dtype)
   size = os.path.getsize(os.path.join(args.out, export_lib.MODEL_FILE))
   print(f"Exported {meta['checkpoint']['path']} (step {meta['checkpoint']['step']}) to "
         f"{args.out}: {export_lib.MODEL_FILE} ({size / 1e6:.1f} MB, platforms "

@@ -1,4 +1,5 @@
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -99,3 +100,49 @@ def test_forward_under_jit_and_dtypes(tiny):
   logits, pads = f(variables, jnp.zeros((2, 32, 64)), jnp.array([64, 20]))
   assert logits.dtype == jnp.float32 and pads.dtype == jnp.float32
   assert logits.shape == (2, 15, 11)
+
+
+@pytest.mark.parametrize("name,backend,want", [
+    ("auto", "cpu", jnp.float32), ("auto", "gpu", jnp.bfloat16), ("auto", "tpu", jnp.bfloat16),
+    ("float32", "gpu", jnp.float32), ("bfloat16", "cpu", jnp.bfloat16)])
+def test_compute_dtype_resolution(name, backend, want):
+  assert models.resolve_compute_dtype(name, backend) == jnp.dtype(want)
+
+
+def test_unknown_compute_dtype_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"model.compute_dtype must be one of .*'float16'"):
+    models.resolve_compute_dtype("float16")
+
+
+def test_from_config_without_the_field_means_auto():
+  # Checkpoints saved before compute_dtype existed.
+  meta = {"height": 32, "conv_features": TINY["conv_features"], "lstm_hidden": 8,
+          "lstm_layers": 1, "dropout": 0.0}
+  assert models.from_config(meta, 11).dtype == models.resolve_compute_dtype("auto")
+  assert models.from_config(dict(meta, compute_dtype="bfloat16"), 11).dtype == jnp.bfloat16
+  assert models.from_config(meta, 11, compute_dtype="bfloat16").dtype == jnp.bfloat16
+
+
+def _zeros(shapes):
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _matmul_output_dtypes(model, train):
+  """Output dtypes of every dot_general and convolution in the traced forward pass."""
+  variables = _zeros(jax.eval_shape(lambda: _init(model.clone(dtype=jnp.float32))))
+  fn = lambda v, x, w: model.apply(v, x, w, train=train, mutable=["batch_stats"],
+                                   rngs={"dropout": jax.random.key(0)})
+  text = str(jax.make_jaxpr(fn)(variables, jnp.zeros((2, 32, 64, 1)), jnp.array([64, 20])))
+  return {m for m in re.findall(r":(\w+)\[[\d,]*\] = (?:dot_general|conv_general_dilated)", text)}
+
+
+def test_bfloat16_model_computes_in_bfloat16_on_float32_variables():
+  # XLA's convolutions, as on accelerators; the LSTM gates and the classifier: all bf16.
+  model = models.CRNN(num_classes=11, conv_impl="xla", dtype=jnp.bfloat16, **TINY)
+  assert _matmul_output_dtypes(model, train=True) == {"bf16"}
+  assert _matmul_output_dtypes(model.clone(dtype=jnp.float32), train=True) == {"f32"}
+  variables = _zeros(jax.eval_shape(lambda: _init(model)))
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  logits, pads = jax.eval_shape(lambda: model.apply(
+      variables, jnp.zeros((2, 32, 64, 1)), jnp.array([64, 20])))
+  assert logits.dtype == jnp.float32 and pads.dtype == jnp.float32
