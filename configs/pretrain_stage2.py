@@ -3,7 +3,8 @@ step-3,000 export, on a fresh stream of rendered words.
 
 Stage 1 (configs/pretrain.py, 3,000 steps of 64) ran in one session; its workdir did not
 survive to the next, only its exported weights did (commit 5a6c4c4,
-crnn_jax/pretrained/crnn_seed.npz, sha256 c71b7225...). Stage 2 starts from those weights
+crnn_jax/pretrained/crnn_seed.npz: embedded digest c71b7225..., sha256sum of the
+file 24422ad0...). Stage 2 starts from those weights
 (parameters and BatchNorm statistics; Adam's moments start fresh, hence the short warmup)
 and decays the learning rate to the end. The data mixture, augmentation, width buckets and
 validation splits are stage 1's; the rendered words and the data order use seed 1, so
