@@ -75,8 +75,24 @@ def run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespa
     if args.verbose:
       raise
     print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+    sys.unraisablehook = _without_closed_loop_noise
     return 1
   return 0 if status is None else status
+
+
+def _without_closed_loop_noise(unraisable) -> None:
+  """``sys.unraisablehook`` after a user error: drops asyncio's "Event loop is closed".
+
+  A checkpoint read that failed part-way (a corrupt file) can leave Orbax's TensorStore
+  callbacks in flight; when they land after the interpreter closed their event loop,
+  Python prints the RuntimeError as a traceback at exit, under the one-line error the user
+  is meant to read. Nothing is lost by dropping it; any other unraisable exception is
+  still printed.
+  """
+  if isinstance(unraisable.exc_value, RuntimeError) and \
+      "Event loop is closed" in str(unraisable.exc_value):
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 def one_line(error: BaseException) -> str:
