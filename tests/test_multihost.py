@@ -1,4 +1,9 @@
-"""Multi-process training on this machine: 2 processes x 4 CPU devices over 127.0.0.1."""
+"""Multi-process training on this machine: 2 processes x 2 CPU devices over 127.0.0.1.
+
+Two devices per process, not more: the mesh still spans devices inside a process and
+across processes, and on a 2-core machine every further device thread only slows each
+step down (4 per process: 3-6 s a step; 2: under 1 s).
+"""
 
 import functools
 import os
@@ -21,12 +26,13 @@ from helpers import REPO, tiny_config
 # The tests here build on helpers.tiny_config, which trains on the real word crops.
 pytestmark = pytest.mark.real_data
 
-STEPS = 20
+STEPS = 8
+DEVICES_PER_PROCESS = 2
 
 
 def _config():
-  config = tiny_config(**{"train.num_steps": STEPS, "train.log_every_steps": 5,
-                          "checkpoint.every_steps": 10, "eval.every_steps": 1000})
+  config = tiny_config(**{"train.num_steps": STEPS, "train.log_every_steps": 2,
+                          "checkpoint.every_steps": STEPS // 2, "eval.every_steps": 1000})
   config.model.dropout = 0.0
   # XLA's convolution: the CPU default (Winograd, custom gradients; tested against XLA in
   # test_conv.py) routes max-pool ties in dead ReLU channels in ways that let 20 Adam steps
@@ -62,7 +68,7 @@ def _launch(workdir, extra, port, heartbeat=30):
   for pid in range(2):
     cmd = [sys.executable, "-u", os.path.join(REPO, "scripts", "train.py"),
            "--config", os.path.join(REPO, "configs", "base.py"), f"--workdir={workdir}",
-           "--num-cpu-devices=4", f"--coordinator-address=127.0.0.1:{port}",
+           f"--num-cpu-devices={DEVICES_PER_PROCESS}", f"--coordinator-address=127.0.0.1:{port}",
            "--num-processes=2", f"--process-id={pid}", f"--heartbeat-timeout={heartbeat}",
            *extra]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -94,7 +100,8 @@ def _kill_all(procs):
 
 
 def _reference_params(config):
-  """1 process x 8 devices, fed the global batches the two processes build together."""
+  """1 process x as many devices as the two processes had, fed the global batches they
+  build together."""
   charset = train.make_charset(config)
   source = specs.open_source(config.data.train)
   idxs = [index.build_index(source, charset=charset, height=32,
@@ -110,8 +117,7 @@ def _reference_params(config):
       widths=x.widths, frames=x.frames, batch_size=per_host, charset=charset, height=32,
       seed=config.train.seed, process_index=i) for i, x in enumerate(idxs)]
 
-  mesh = sharding.make_mesh()
-  assert mesh.devices.size == 8
+  mesh = sharding.make_mesh(jax.devices()[:2 * DEVICES_PER_PROCESS])
   init_rng, step_rng = jax.random.split(jax.random.key(config.train.seed))
   model = train.make_model(config, charset.num_classes)
   state = jax.jit(functools.partial(train.create_train_state, config, model),
@@ -133,16 +139,18 @@ def _checksums(outs):
 def test_two_processes_match_one_process_and_resume(tmp_path):
   config = _config()
   workdir = tmp_path / "mh"
-  # First half, stopped after the step-10 checkpoint ...
-  outs = _run_both(workdir, _overrides(config, 10))
-  assert "devices: 8 x cpu over 2 process(es)" in outs[0]
-  assert "step 10/10" in outs[0] and "step 10/10" not in outs[1]  # only process 0 logs
-  # ... then restarted: it resumes at step 10 with the data position restored.
+  half = STEPS // 2
+  # First half, stopped after its checkpoint ...
+  outs = _run_both(workdir, _overrides(config, half))
+  assert f"devices: {2 * DEVICES_PER_PROCESS} x cpu over 2 process(es)" in outs[0]
+  last = f"step {half}/{half}"
+  assert last in outs[0] and last not in outs[1]  # only process 0 logs
+  # ... then restarted: it resumes there with the data position restored.
   outs = _run_both(workdir, _overrides(config, STEPS))
-  assert "Resuming from the checkpoint at step 10" in outs[0]
-  assert "step 11/20" in outs[0] and "step 1/20" not in outs[0]
+  assert f"Resuming from the checkpoint at step {half}" in outs[0]
+  assert f"step {half + 1}/{STEPS}" in outs[0] and f"step 1/{STEPS}" not in outs[0]
   (p0, s0, c0), (p1, s1, c1) = _checksums(outs)
-  assert (p0, p1, s0, s1) == ("0", "1", "20", "20")
+  assert (p0, p1, s0, s1) == ("0", "1", str(STEPS), str(STEPS))
   assert c0 == c1, "the two processes hold different parameters"
 
   ref_params, template = _reference_params(config)
@@ -151,11 +159,12 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   restored, _ = ckpts.restore(template)
   ckpts.close()
   # Same global batches, same arithmetic up to the order of floating-point sums in the
-  # cross-process reduction, which 20 Adam steps amplify: parameters agree to within one
+  # cross-process reduction, which the Adam steps amplify: parameters agree to within one
   # Adam step (lr 1e-3); seen: at most 1.6e-4, while they move by up to 2e-2. The biases
   # of conv5 and conv6 are the exception: BatchNorm subtracts them again, so their true
   # gradient is zero and what reaches Adam is rounding noise, which Adam scales to steps
-  # of up to lr. Those are only held to 20 steps x lr.
+  # of up to about lr, in either direction on either side: they are only held to
+  # 2 x STEPS x lr (seen: 8.3e-3 after 8 steps).
   got = jax.device_get(restored.params)
   lr = config.optim.learning_rate
   worst = {}
@@ -164,7 +173,7 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
     b = functools.reduce(lambda t, k: t[k.key], path, ref_params)
     worst[name] = float(np.max(np.abs(a - b)))
     if name in ("cnn/conv5/bias", "cnn/conv6/bias"):
-      np.testing.assert_allclose(a, b, atol=STEPS * lr, err_msg=name)
+      np.testing.assert_allclose(a, b, atol=2 * STEPS * lr, err_msg=name)
     else:
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=lr, err_msg=name)
   cancelled = {k: v for k, v in worst.items() if k in ("cnn/conv5/bias", "cnn/conv6/bias")}
@@ -174,26 +183,36 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
         f"BatchNorm-cancelled biases {max(cancelled.values()):.2e}")
 
 
+@pytest.mark.timeout(600)  # a silent hang fails instead of blocking CI
 def test_killing_one_process_stops_the_other(tmp_path):
+  """A process killed mid-run: the other stops with a non-zero status instead of waiting
+  for it forever.
+
+  The bound is the heartbeat setting, not a figure measured on one machine: the survivor
+  must notice within a few heartbeat periods (JAX's coordination service declares a
+  peer dead after missing heartbeats) plus its own shutdown. Breaks if the heartbeat
+  flag is not passed on (the default, 30 s, would take over the bound) or if the
+  survivor hangs in its next collective.
+  """
+  heartbeat = 10
   config = _config()
   config.train.log_every_steps = 1
-  procs = _launch(tmp_path / "kill", _overrides(config, 100000), _free_port(), heartbeat=10)
+  procs = _launch(tmp_path / "kill", _overrides(config, 100000), _free_port(),
+                  heartbeat=heartbeat)
   try:
-    deadline = time.time() + 300
     for line in procs[0].stdout:
       if line.startswith("step 3/"):
         break
-      assert time.time() < deadline, "training never started"
     procs[1].kill()
     killed_at = time.time()
-    procs[0].communicate(timeout=90)
+    procs[0].communicate(timeout=12 * heartbeat)
     waited = time.time() - killed_at
   finally:
     _kill_all(procs)
   print(f"surviving process exited with {procs[0].returncode} {waited:.1f} s after the kill")
   assert procs[0].returncode != 0
-  # Bound: the heartbeat timeout (10 s here, 30 s by default) plus shutdown time.
-  assert waited < 60, waited
+  # Margin for a loaded 2-core machine: 6 periods (the default heartbeat, 30 s, is 3).
+  assert waited < 6 * heartbeat, waited
 
 
 def test_processes_that_disagree_stop_with_a_clear_error(tmp_path):
@@ -203,7 +222,7 @@ def test_processes_that_disagree_stop_with_a_clear_error(tmp_path):
   for pid, batch in ((0, 16), (1, 32)):
     cmd = [sys.executable, "-u", os.path.join(REPO, "scripts", "train.py"),
            "--config", os.path.join(REPO, "configs", "base.py"), f"--workdir={tmp_path}/dis",
-           "--num-cpu-devices=4", f"--coordinator-address=127.0.0.1:{port}",
+           f"--num-cpu-devices={DEVICES_PER_PROCESS}", f"--coordinator-address=127.0.0.1:{port}",
            "--num-processes=2", f"--process-id={pid}", "--heartbeat-timeout=10",
            *_overrides(config, 5), f"--config.train.batch_size={batch}"]
     procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -211,7 +211,7 @@ def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path,
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
-  """Two processes x 4 CPU devices; SIGTERM reaches process 1 only.
+  """Two processes x 2 CPU devices; SIGTERM reaches process 1 only.
 
   Broken looks like (the local stop flag of before): process 1 saves alone and waits in
   the save's barrier while process 0 waits in the next step's collective, until the
