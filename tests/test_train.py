@@ -1,9 +1,9 @@
 import functools
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -13,6 +13,7 @@ import tiny_model
 from crnn_jax import checkpoints, sharding, train
 from crnn_jax.data import batching, index, specs
 
+from configs import quick
 from helpers import REPO, real, tiny_config
 
 # The tests here build on helpers.tiny_config, which trains on the real word crops.
@@ -59,8 +60,15 @@ def test_step_on_8_devices_equals_single_device():
   np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
   np.testing.assert_allclose(m1["grad_norm"], m8["grad_norm"], rtol=1e-4)
   # Adam's first moment after one step is 0.1 * gradient: compare gradients through it
-  # (Adam's first update is lr * sign(g) for tiny g, which would amplify rounding).
-  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
+  # (Adam's first update is lr * sign(g) for tiny g, which would amplify rounding). Eight
+  # partial sums add up in another order than one; where terms cancel, the rounding is
+  # relative to the terms, not to the small result, so the absolute tolerance scales with
+  # each array's largest entry (seen: 3.5e-7 on an entry of 1.4e-5, in an array whose
+  # largest is 2e-2). The floor of 1e-7 is for the biases BatchNorm subtracts again: their
+  # true gradient is zero and both sides hold rounding noise (seen: up to 4e-8). A missing
+  # all-reduce differs by the gradients themselves.
+  def close(a, b):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7 + 1e-4 * float(np.max(np.abs(b))))
   jax.tree.map(close, s1.opt_state[0].mu, s8.opt_state[0].mu)
   jax.tree.map(close, s1.batch_stats, s8.batch_stats)
   assert int(s8.step) == 1
@@ -234,34 +242,60 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
   ckpts.close()
 
 
-def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
+@pytest.mark.timeout(600)  # a silent hang (no line, no exit) fails instead of blocking CI
+def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, capsys):
+  """SIGTERM mid-run: the script saves the step it stopped at, exits 0, and the same
+  command resumes from that step.
+
+  Breaks if the signal kills the run without a save (non-zero exit, no checkpoint), if
+  the checkpoint saved is another step than the one reported, or if the resume starts
+  over at step 1.
+  """
   workdir = tmp_path / "sig"
-  cmd = [sys.executable, "-u", os.path.join(REPO, "scripts", "train.py"),
-         "--config", os.path.join(REPO, "configs", "quick.py"), f"--workdir={workdir}",
-         "--config.model.conv_features=(4,8,8,8,8,8,8)", "--config.model.lstm_hidden=8",
-         f"--config.data.train=tsv:{real('captcha_digits')}",
-         f"--config.data.eval=tsv:{real('svt_train')}", "--config.train.num_steps=100000",
-         "--config.train.batch_size=16", "--config.train.log_every_steps=1"]
+
+  def command(num_steps):
+    return [sys.executable, "-u", os.path.join(REPO, "scripts", "train.py"),
+            "--config", os.path.join(REPO, "configs", "quick.py"), f"--workdir={workdir}",
+            "--config.model.conv_features=(4,8,8,8,8,8,8)", "--config.model.lstm_hidden=8",
+            f"--config.data.train=tsv:{real('captcha_digits')}",
+            f"--config.data.eval=tsv:{real('svt_train')}", f"--config.train.num_steps={num_steps}",
+            "--config.train.batch_size=16", "--config.train.log_every_steps=1"]
+
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=env, cwd=REPO)
+  proc = subprocess.Popen(command(100000), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env, cwd=REPO)
   lines = []
   try:
-    deadline = time.time() + 240
     for line in proc.stdout:
       lines.append(line)
       if line.startswith("step 3/"):
         proc.send_signal(signal.SIGTERM)
         break
-      assert time.time() < deadline, "".join(lines)
     rest, _ = proc.communicate(timeout=120)
   finally:
     proc.kill()
   out = "".join(lines) + rest
   assert proc.returncode == 0, out
-  assert "SIGTERM received" in out and "checkpoint saved" in out
-  steps = [int(s) for s in os.listdir(workdir / "checkpoints")]
-  assert steps and 3 <= max(steps) < 100000
+  assert "SIGTERM received" in out, out
+  stopped = re.search(r"Stopped at step (\d+); checkpoint saved", out)
+  assert stopped, out
+  step = int(stopped.group(1))
+  assert step >= 3 and max(int(s) for s in os.listdir(workdir / "checkpoints")) == step
+
+  # The same run again, in this process (one start-up less than the script).
+  config = quick.get_config()
+  config.model.conv_features = (4, 8, 8, 8, 8, 8, 8)
+  config.model.lstm_hidden = 8
+  config.data.train = f"tsv:{real('captcha_digits')}"
+  config.data.eval = f"tsv:{real('svt_train')}"
+  config.train.num_steps = step + 2
+  config.train.batch_size = 16
+  config.train.log_every_steps = 1
+  train.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  assert f"Resuming from the checkpoint at step {step}" in out and "step 1/" not in out, out
+  assert f"step {step + 1}/{step + 2}" in out, out
+  assert max(int(s) for s in os.listdir(workdir / "checkpoints")) == step + 2
 
 
 # ----------------------------------------------------------------------------
