@@ -164,7 +164,7 @@ class JaxSide:
     import jax
     from configs import base
     from crnn_jax import charset as charset_lib
-    from crnn_jax import sharding, train
+    from crnn_jax import models, sharding, train
 
     self.jax = jax
     config = base.get_config()
@@ -178,7 +178,7 @@ class JaxSide:
     mesh = sharding.make_mesh()
     sharding.check_batch_size(batch, mesh)
     repl, split = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    self.model = train.make_model(config, self.num_classes)
+    self.model = models.from_config(config.model, self.num_classes)
     self.dtype = self.model.dtype
     self.state = jax.jit(functools.partial(train.create_train_state, config, self.model),
                          out_shardings=repl)(jax.random.key(0))
@@ -218,8 +218,8 @@ class JaxSide:
     the count only, never run)."""
     jax = self.jax
     from crnn_jax import charset as charset_lib
-    from crnn_jax import train
-    model = train.make_model(self.config, self.num_classes).clone(conv_impl="xla")
+    from crnn_jax import models, train
+    model = models.from_config(self.config.model, self.num_classes).clone(conv_impl="xla")
     state = self.state.replace(apply_fn=model.apply)
     step = functools.partial(train.train_step, blank_id=charset_lib.BLANK_ID)
     tr = jax.jit(step).lower(state, self.batch, self.rng).compile().cost_analysis()["flops"]

@@ -26,7 +26,8 @@ from flax.training import train_state
 
 from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
-from crnn_jax import distributed, inputs, losses, metrics, models, nonfinite, prefetch, sharding
+from crnn_jax import distributed, finetune, inputs, losses, metrics, models, nonfinite, prefetch
+from crnn_jax import sharding
 from crnn_jax.data import batching
 
 
@@ -37,10 +38,6 @@ class TrainState(train_state.TrainState):
 
 def make_charset(config: ml_collections.ConfigDict) -> charset_lib.Charset:
   return charset_lib.Charset.from_spec(config.model.charset, case_fold=config.model.case_fold)
-
-
-def make_model(config: ml_collections.ConfigDict, num_classes: int) -> models.CRNN:
-  return models.from_config(config.model, num_classes)
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -308,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh()
   validate_config(config, mesh)
   charset = make_charset(config)
-  model = make_model(config, charset.num_classes)
+  model = models.from_config(config.model, charset.num_classes)
   _log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} over "
        f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank; "
        f"computing in {jnp.dtype(model.dtype).name} (model.compute_dtype="
@@ -334,7 +331,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     start = 0
     if config.init_from:
-      from crnn_jax import finetune
       state = finetune.init_from(state, config.init_from, charset, log=_log)
   meta = _meta(config, charset, state)
 
