@@ -15,6 +15,10 @@ References: Graves et al., "Connectionist Temporal Classification", ICML 2006; G
 "First-Pass Large Vocabulary Continuous Speech Recognition using Bi-Directional Recurrent
 DNNs", 2014 (prefix beam search, LM fusion); Shi et al., "An End-to-End Trainable Neural
 Network for Image-based Sequence Recognition", 2015 (lexicon-based transcription).
+
+Over 600 lines: it still does six jobs (greedy, beam search, lexicon search, the n-gram
+LM, the host-side helpers and CPU top-k); issue 14 item 2 splits it into a package with one
+module per job, the public names re-exported. Until then it is one file.
 """
 
 from __future__ import annotations
