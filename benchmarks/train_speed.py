@@ -200,8 +200,8 @@ class JaxSide:
     model = self.model
 
     def infer(params, batch_stats, images, widths):
-      x = images.astype(jax.numpy.float32)[..., None] / 255.0
-      return model.apply({"params": params, "batch_stats": batch_stats}, x, widths,
+      # uint8 images: the model scales them as in training.
+      return model.apply({"params": params, "batch_stats": batch_stats}, images, widths,
                          train=False)[0]
 
     infer_jit = jax.jit(infer, in_shardings=(repl, repl, split, split), out_shardings=split)
@@ -226,8 +226,8 @@ class JaxSide:
     tr *= self.devices
 
     def infer(params, batch_stats, images, widths):
-      x = images.astype(jax.numpy.float32)[..., None] / 255.0
-      return model.apply({"params": params, "batch_stats": batch_stats}, x, widths,
+      # uint8 images: the model scales them as in training.
+      return model.apply({"params": params, "batch_stats": batch_stats}, images, widths,
                          train=False)[0]
 
     inf = jax.jit(infer).lower(self.state.params, self.state.batch_stats,

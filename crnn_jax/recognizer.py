@@ -21,7 +21,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -68,9 +67,8 @@ def _recognize(variables: dict, images: jax.Array, widths: jax.Array, trie, *,
     tokens (B, top_k, L) int32 padded with -1, lengths (B, top_k) int32,
     scores (B, top_k) float32 log-probabilities (-inf: no hypothesis).
   """
-  # Exactly the scaling of train._images.
-  x = images.astype(jnp.float32)[..., None] / 255.0
-  logits, logit_paddings = model.apply(variables, x, widths, train=False)
+  # uint8 in: the model scales pixels exactly as in training.
+  logits, logit_paddings = model.apply(variables, images, widths, train=False)
   blank = charset_lib.BLANK_ID
   if method == "greedy":
     r = decode_lib.greedy_decode(logits, logit_paddings, blank_id=blank)
