@@ -276,7 +276,7 @@ def bench_feed(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     import numpy as np
 
     from configs import base
-    from crnn_jax import inputs, sharding, train
+    from crnn_jax import inputs, models, sharding, train
     from crnn_jax.charset import Charset
 
     config = base.get_config()
@@ -284,7 +284,7 @@ def bench_feed(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     config.data.train = "synth:inf,seed=0"
     charset = Charset()
     mesh = sharding.make_mesh(jax.devices()[:1])
-    model = train.make_model(config, charset.num_classes)
+    model = models.from_config(config.model, charset.num_classes)
     state = jax.jit(functools.partial(train.create_train_state, config, model))(
         jax.random.key(0))
     step = jax.jit(train.train_step, donate_argnums=0)

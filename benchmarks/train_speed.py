@@ -164,7 +164,7 @@ class JaxSide:
     import jax
     from configs import base
     from crnn_jax import charset as charset_lib
-    from crnn_jax import sharding, train
+    from crnn_jax import models, sharding, train
 
     self.jax = jax
     config = base.get_config()
@@ -178,7 +178,7 @@ class JaxSide:
     mesh = sharding.make_mesh()
     sharding.check_batch_size(batch, mesh)
     repl, split = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    self.model = train.make_model(config, self.num_classes)
+    self.model = models.from_config(config.model, self.num_classes)
     self.dtype = self.model.dtype
     self.state = jax.jit(functools.partial(train.create_train_state, config, self.model),
                          out_shardings=repl)(jax.random.key(0))
@@ -200,8 +200,8 @@ class JaxSide:
     model = self.model
 
     def infer(params, batch_stats, images, widths):
-      x = images.astype(jax.numpy.float32)[..., None] / 255.0
-      return model.apply({"params": params, "batch_stats": batch_stats}, x, widths,
+      # uint8 images: the model scales them as in training.
+      return model.apply({"params": params, "batch_stats": batch_stats}, images, widths,
                          train=False)[0]
 
     infer_jit = jax.jit(infer, in_shardings=(repl, repl, split, split), out_shardings=split)
@@ -218,16 +218,16 @@ class JaxSide:
     the count only, never run)."""
     jax = self.jax
     from crnn_jax import charset as charset_lib
-    from crnn_jax import train
-    model = train.make_model(self.config, self.num_classes).clone(conv_impl="xla")
+    from crnn_jax import models, train
+    model = models.from_config(self.config.model, self.num_classes).clone(conv_impl="xla")
     state = self.state.replace(apply_fn=model.apply)
     step = functools.partial(train.train_step, blank_id=charset_lib.BLANK_ID)
     tr = jax.jit(step).lower(state, self.batch, self.rng).compile().cost_analysis()["flops"]
     tr *= self.devices
 
     def infer(params, batch_stats, images, widths):
-      x = images.astype(jax.numpy.float32)[..., None] / 255.0
-      return model.apply({"params": params, "batch_stats": batch_stats}, x, widths,
+      # uint8 images: the model scales them as in training.
+      return model.apply({"params": params, "batch_stats": batch_stats}, images, widths,
                          train=False)[0]
 
     inf = jax.jit(infer).lower(self.state.params, self.state.batch_stats,

@@ -61,8 +61,8 @@ def export_recognizer(recognizer: Recognizer, *, platforms: Sequence[str] | None
     model = model.clone(dtype=models.resolve_compute_dtype(compute_dtype))
 
   def infer(images, widths):
-    x = images.astype(jnp.float32)[..., None] / 255.0  # as in training
-    logits, logit_paddings = model.apply(variables, x, widths, train=False)
+    # uint8 in: the model scales pixels exactly as in training.
+    logits, logit_paddings = model.apply(variables, images, widths, train=False)
     greedy = decode_lib.greedy_decode(logits, logit_paddings, blank_id=charset_lib.BLANK_ID)
     return {"logits": logits, "logit_paddings": logit_paddings, "tokens": greedy.tokens,
             "lengths": greedy.lengths, "scores": greedy.scores}

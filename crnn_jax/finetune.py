@@ -19,8 +19,7 @@ import numpy as np
 
 from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
-from crnn_jax import models
-from crnn_jax.recognizer import load_model
+from crnn_jax import loading, models
 
 # The layer whose rows are the charset's classes.
 OUTPUT_LAYER = "classifier"
@@ -53,7 +52,7 @@ def init_from(state, path: str, charset: charset_lib.Charset, *,
     ValueError: if there is no checkpoint or weights file at ``path`` (or it is
       corrupt), or its model differs from this run's anywhere but in the output layer.
   """
-  loaded = load_model(path)
+  loaded = loading.load_model(path)
   saved_head, saved_body = _split(ckpt_lib.param_shapes(loaded.variables["params"]))
   new_head, new_body = _split(ckpt_lib.param_shapes(state.params))
   if saved_body != new_body:

@@ -36,8 +36,8 @@ WIDTH_STRIDE = 4
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 # Backends where 'auto' computes in bfloat16: their matrix units run it several times
-# faster than float32. XLA's CPU backend does not (FACTS.md: nothing gained on this CPU,
-# and the CPU fast-path convolutions are float32 algorithms).
+# faster than float32. XLA's CPU backend does not (measured on a 2-core CPU: bfloat16 gained
+# nothing, and the CPU fast-path convolutions are float32 algorithms).
 _BFLOAT16_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
 
 
@@ -187,8 +187,9 @@ class CRNN(nn.Module):
     """Runs the model.
 
     Args:
-      images: (B, H, W, 1) or (B, H, W) float array, ink and paper scaled to [0, 1]
-        (padded columns may hold anything).
+      images: (B, H, W, 1) or (B, H, W) array: integer pixels 0-255 (uint8, as the data
+        pipeline and the Recognizer give them), scaled here to [0, 1], or floats already
+        in [0, 1]. Padded columns may hold anything.
       widths: (B,) int array, the valid width of each image in pixels.
       train: use batch statistics and dropout.
 
@@ -213,6 +214,10 @@ class CRNN(nn.Module):
           f"CRNN image width {images.shape[2]} is not a multiple of {WIDTH_STRIDE}: pad it.")
     if widths.shape != images.shape[:1]:
       raise ValueError(f"CRNN widths must have shape {images.shape[:1]}; got {widths.shape}.")
+    if jnp.issubdtype(images.dtype, jnp.integer):
+      # The one place pixels become [0, 1]: uint8 travels to the device (4x less than
+      # float32) and every caller (training, the Recognizer, export) scales the same way.
+      images = images.astype(jnp.float32) / 255.0
     widths = widths.astype(jnp.int32)
     x = ConvStack(self.conv_features, self.conv_impl, self.dtype, name="cnn")(
         images, widths, train=train)

@@ -85,13 +85,13 @@ def _poisoned_steps() -> frozenset:
 def poison_for_test(host_batch: dict, step: int) -> dict:
   """``host_batch`` as is, unless the test hook names 1-based ``step``: then NaN images.
 
-  While the hook is set every batch's images are float32 (0-255, scaled on the device
-  exactly as uint8 is), so the poisoned steps run the same compiled step.
+  While the hook is set every batch's images are float32, scaled to [0, 1] here as the
+  model scales uint8, so the poisoned steps run the same compiled step.
   """
   steps = _poisoned_steps()
   if not steps:
     return host_batch
-  images = host_batch["images"].astype(np.float32)
+  images = host_batch["images"].astype(np.float32) / 255.0
   if step in steps:
     images = np.full_like(images, np.nan)
   return dict(host_batch, images=images)

@@ -1,8 +1,8 @@
-"""Reading text in images with a trained model: the ``Recognizer`` and its checkpoint loader.
+"""Reading text in images with a trained model: the ``Recognizer``.
 
 ``Recognizer.from_checkpoint(path)`` rebuilds the model from the JSON metadata saved
-with every checkpoint (model config, charset, width buckets, resize mode), so no
-training config is needed. ``recognizer(images)`` takes a list of numpy arrays or PIL
+with every checkpoint (model config, charset, width buckets, resize mode;
+``crnn_jax.loading``), so no training config is needed. ``recognizer(images)`` takes a list of numpy arrays or PIL
 images of any sizes and modes, preprocesses each exactly as training did
 (``preprocess.resize`` to the model height, aspect kept, capped at the widest bucket),
 groups them by width bucket, pads every batch to ``batch_size`` rows and runs one
@@ -15,21 +15,18 @@ its text, which inference cannot know.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image, UnidentifiedImageError
 
 from crnn_jax import charset as charset_lib
-from crnn_jax import checkpoints as ckpt_lib
 from crnn_jax import decode as decode_lib
+from crnn_jax import loading
 from crnn_jax import models
 from crnn_jax import weights as weights_lib
 from crnn_jax.data import batching, preprocess
@@ -41,116 +38,14 @@ Hypothesis = tuple[str, float]
 
 
 # ----------------------------------------------------------------------------
-# Checkpoints.
+# Checkpoints and weights files: read by crnn_jax.loading, re-exported here because the
+# Recognizer's users found them here first.
 
-
-@dataclasses.dataclass
-class Loaded:
-  """A checkpoint ready for inference.
-
-  Attributes:
-    model: the ``CRNN`` module, built from the saved model config.
-    variables: ``{'params': ..., 'batch_stats': ...}`` on one device.
-    charset: the saved charset.
-    meta: the checkpoint's JSON metadata.
-    step: the training step of the checkpoint.
-    where: the checkpoint's directory (or weights file), for messages.
-    kind: ``'checkpoint'``, ``'weights'`` (a weights file) or ``'pretrained'`` (the
-      shipped weights file).
-  """
-  model: models.CRNN
-  variables: dict
-  charset: charset_lib.Charset
-  meta: dict
-  step: int
-  where: str
-  kind: str = "checkpoint"
-
-  def describe(self) -> str:
-    """One line naming the model, e.g. for the scripts to print which one they use."""
-    what = {"checkpoint": "checkpoint", "weights": "weights file",
-            "pretrained": "pretrained model"}.get(self.kind, self.kind)
-    return f"{what} {self.where} (step {self.step})"
-
-
-def model_from_meta(meta: dict) -> tuple[models.CRNN, charset_lib.Charset]:
-  """The model and charset a checkpoint's metadata describes, built as training builds them."""
-  charset = charset_lib.Charset(meta["charset"], case_fold=bool(meta.get("case_fold", False)))
-  return models.from_config(meta["model"], charset.num_classes), charset
-
-
-def load_checkpoint(path: str, *, device: jax.Device | None = None) -> Loaded:
-  """Restores a checkpoint's model, parameters and BatchNorm statistics for inference.
-
-  Args:
-    path: a training workdir (its best checkpoint is used, else its latest), its
-      ``best/`` or ``checkpoints/`` folder, or one step folder inside them.
-    device: where the variables go; default ``jax.devices()[0]``.
-
-  Returns:
-    a ``Loaded``. The variables load whatever device layout the checkpoint was
-    saved with (e.g. replicated over 8 devices) onto this one device.
-
-  Raises:
-    ValueError: if there is no checkpoint at ``path``.
-    checkpoints.CheckpointError: (a ValueError) if it cannot be read or its arrays
-      differ from the digests saved with it.
-  """
-  manager, step = ckpt_lib.open_checkpoint(path)
-  where = os.path.join(str(manager.directory), str(step))
-  meta = ckpt_lib.guarded_read(lambda: ckpt_lib.read_meta(manager, step), where)
-  device = device or jax.devices()[0]
-  one = jax.sharding.SingleDeviceSharding(device)
-  # No target tree: the optimiser's structure is not in the metadata. The fallback
-  # sharding applies when the saved device layout does not exist in this process.
-  state = ckpt_lib.guarded_read(lambda: manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(fallback_sharding=one)))["state"], where)
-  # Every array, optimiser state included: a damaged file anywhere means a damaged copy.
-  ckpt_lib.verify(state, meta, where)
-  variables = jax.device_put(
-      {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, one)
-  model, charset = model_from_meta(meta)
-  return Loaded(model, variables, charset, meta, step, where)
-
-
-def load_weights_file(path: str, *, device: jax.Device | None = None) -> Loaded:
-  """Loads a weights file (``weights.save_weights``) for inference, like ``load_checkpoint``.
-
-  Args:
-    path: the file, or ``'pretrained'`` for the one shipped with the package.
-    device: where the variables go; default ``jax.devices()[0]``.
-
-  Returns:
-    a ``Loaded`` with float32 variables; ``step`` is the training step the file records.
-
-  Raises:
-    ValueError: if the file is missing or corrupt, or ``'pretrained'`` is asked for
-      and this copy of the package has none.
-  """
-  kind = "pretrained" if path == weights_lib.PRETRAINED else "weights"
-  path = weights_lib.resolve(path)
-  variables, meta = weights_lib.load_weights(path)
-  variables = jax.device_put(variables, jax.sharding.SingleDeviceSharding(
-      device or jax.devices()[0]))
-  model, charset = model_from_meta(meta)
-  return Loaded(model, variables, charset, meta, int(meta.get("step", 0)), path, kind)
-
-
-def load_model(path: str, *, device: jax.Device | None = None) -> Loaded:
-  """A model from any source: ``'pretrained'``, a weights file, or a checkpoint.
-
-  Args:
-    path: ``'pretrained'`` (the shipped weights), a file (a weights file), or anything
-      ``load_checkpoint`` takes (a workdir, its ``best/`` or ``checkpoints/`` folder, a
-      step folder).
-    device: where the variables go; default ``jax.devices()[0]``.
-
-  Raises:
-    ValueError: if there is no model at ``path``.
-  """
-  if path == weights_lib.PRETRAINED or os.path.isfile(path):
-    return load_weights_file(path, device=device)
-  return load_checkpoint(path, device=device)
+Loaded = loading.Loaded
+model_from_meta = loading.model_from_meta
+load_checkpoint = loading.load_checkpoint
+load_weights_file = loading.load_weights_file
+load_model = loading.load_model
 
 
 # ----------------------------------------------------------------------------
@@ -172,9 +67,8 @@ def _recognize(variables: dict, images: jax.Array, widths: jax.Array, trie, *,
     tokens (B, top_k, L) int32 padded with -1, lengths (B, top_k) int32,
     scores (B, top_k) float32 log-probabilities (-inf: no hypothesis).
   """
-  # Exactly the scaling of train._images.
-  x = images.astype(jnp.float32)[..., None] / 255.0
-  logits, logit_paddings = model.apply(variables, x, widths, train=False)
+  # uint8 in: the model scales pixels exactly as in training.
+  logits, logit_paddings = model.apply(variables, images, widths, train=False)
   blank = charset_lib.BLANK_ID
   if method == "greedy":
     r = decode_lib.greedy_decode(logits, logit_paddings, blank_id=blank)

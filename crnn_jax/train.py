@@ -26,7 +26,9 @@ from flax.training import train_state
 
 from crnn_jax import charset as charset_lib
 from crnn_jax import checkpoints as ckpt_lib
-from crnn_jax import distributed, inputs, losses, metrics, models, nonfinite, prefetch, sharding
+from crnn_jax import decode as decode_lib
+from crnn_jax import distributed, finetune, inputs, losses, metrics, models, nonfinite, prefetch
+from crnn_jax import sharding
 from crnn_jax.data import batching
 
 
@@ -37,10 +39,6 @@ class TrainState(train_state.TrainState):
 
 def make_charset(config: ml_collections.ConfigDict) -> charset_lib.Charset:
   return charset_lib.Charset.from_spec(config.model.charset, case_fold=config.model.case_fold)
-
-
-def make_model(config: ml_collections.ConfigDict, num_classes: int) -> models.CRNN:
-  return models.from_config(config.model, num_classes)
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -85,11 +83,6 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.CRNN,
                            tx=make_optimizer(config))
 
 
-def _images(batch) -> jax.Array:
-  # uint8 travels to the device (4x less than float32); scale there.
-  return batch["images"].astype(jnp.float32)[..., None] / 255.0
-
-
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int = 0):
   """One optimisation step.
 
@@ -110,7 +103,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int 
 
   def loss_fn(params):
     (logits, logit_paddings), updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, _images(batch), batch["widths"],
+        {"params": params, "batch_stats": state.batch_stats}, batch["images"], batch["widths"],
         train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
     loss, aux = losses.ctc_loss(logits, logit_paddings, batch["labels"],
                                 batch["label_paddings"], blank_id=blank_id)
@@ -131,39 +124,28 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int 
 
 
 def eval_step(state: TrainState, batch: dict, *, blank_id: int = 0) -> dict:
-  """Forward pass in inference mode.
+  """Forward pass in inference mode, decoded greedily as the Recognizer decodes.
 
   Returns:
-    ``best (B, T)`` argmax ids, ``logit_paddings (B, T)``, ``confidence (B,)``
-    (probability of the best path), and ``loss_sum``/``loss_count`` over rows
-    whose ``mask`` is 1 and whose label can be aligned.
+    ``tokens (B, T)`` label ids padded with -1 and ``lengths (B,)``
+    (``decode.greedy_decode``), ``confidence (B,)`` (probability of the best path), and
+    ``loss_sum``/``loss_count`` over rows whose ``mask`` is 1 and whose label can be
+    aligned.
   """
   logits, logit_paddings = state.apply_fn(
-      {"params": state.params, "batch_stats": state.batch_stats}, _images(batch),
+      {"params": state.params, "batch_stats": state.batch_stats}, batch["images"],
       batch["widths"], train=False)
   mask = batch.get("mask", jnp.ones(logits.shape[:1]))
   _, aux = losses.ctc_loss(logits, logit_paddings, batch["labels"], batch["label_paddings"],
                            blank_id=blank_id, example_mask=mask)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-  valid = logit_paddings < 0.5
+  greedy = decode_lib.greedy_decode(logits, logit_paddings, blank_id=blank_id)
   return {
-      "best": jnp.argmax(logp, axis=-1).astype(jnp.int32),
-      "logit_paddings": logit_paddings,
-      "confidence": jnp.exp(jnp.sum(jnp.where(valid, logp.max(-1), 0.0), axis=1)),
+      "tokens": greedy.tokens,
+      "lengths": greedy.lengths,
+      "confidence": jnp.exp(greedy.scores),
       "loss_sum": aux["per_example"].sum(),
       "loss_count": aux["num_usable"],
   }
-
-
-def collapse(best: np.ndarray, logit_paddings: np.ndarray, blank_id: int = 0) -> list[list[int]]:
-  """Greedy CTC on host: merge repeats, drop blanks, per row."""
-  out = []
-  for ids, pad in zip(best, logit_paddings):
-    ids = ids[pad < 0.5]
-    keep = np.ones(len(ids), bool)
-    keep[1:] = ids[1:] != ids[:-1]
-    out.append([int(i) for i in ids[keep] if i != blank_id])
-  return out
 
 
 # ----------------------------------------------------------------------------
@@ -265,10 +247,11 @@ def evaluate(eval_fn: Callable, state: TrainState, eval_set: inputs.EvalSet,
   loss_sum, loss_count, samples = 0.0, 0, []
   for host_batch, texts, _ in batching.eval_batches(idx, per_host, height, counts):
     out = eval_fn(state, sharding.to_global(host_batch, mesh))
-    best = sharding.local_rows(out["best"])
-    pads = sharding.local_rows(out["logit_paddings"])
-    conf = sharding.local_rows(out["confidence"])[:len(texts)]
-    preds = [charset.decode(ids) for ids in collapse(best[:len(texts)], pads[:len(texts)])]
+    n = len(texts)
+    tokens = sharding.local_rows(out["tokens"])[:n]
+    lengths = sharding.local_rows(out["lengths"])[:n]
+    conf = sharding.local_rows(out["confidence"])[:n]
+    preds = decode_lib.to_strings(tokens, lengths, charset)
     truths = [charset.normalize(t) for t in texts]
     total += metrics.sums(truths, preds, conf)
     loss_sum += float(out["loss_sum"])
@@ -308,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh()
   validate_config(config, mesh)
   charset = make_charset(config)
-  model = make_model(config, charset.num_classes)
+  model = models.from_config(config.model, charset.num_classes)
   _log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} over "
        f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank; "
        f"computing in {jnp.dtype(model.dtype).name} (model.compute_dtype="
@@ -334,7 +317,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     start = 0
     if config.init_from:
-      from crnn_jax import finetune
       state = finetune.init_from(state, config.init_from, charset, log=_log)
   meta = _meta(config, charset, state)
 
@@ -344,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     donate_argnums=0)
   p_eval = jax.jit(functools.partial(eval_step, blank_id=charset_lib.BLANK_ID),
                    in_shardings=(repl, batch_sharding),
-                   out_shardings={"best": batch_sharding, "logit_paddings": batch_sharding,
+                   out_shardings={"tokens": batch_sharding, "lengths": batch_sharding,
                                   "confidence": batch_sharding, "loss_sum": repl,
                                   "loss_count": repl})
   writer = report.Writer(workdir) if jax.process_index() == 0 else None

@@ -53,7 +53,7 @@ PRETRAINED = "pretrained"
 
 META_MEMBER = "meta.json"
 STORAGE_DTYPES = ("float16", "float32")
-# Metadata every weights file has: what ``recognizer.model_from_meta`` needs.
+# Metadata every weights file has: what ``loading.model_from_meta`` needs.
 REQUIRED_META = ("model", "charset")
 
 _MARK = (FORMAT + " sha256=").encode("ascii")
@@ -175,7 +175,7 @@ def save_weights(path: str, variables: Mapping, meta: Mapping[str, Any], *,
   missing = [k for k in REQUIRED_META if k not in meta]
   if missing:
     raise ValueError(f"meta lacks {missing}; give the checkpoint's metadata (model config "
-                     f"and charset), e.g. recognizer.load_checkpoint(workdir).meta.")
+                     f"and charset), e.g. loading.load_checkpoint(workdir).meta.")
   try:
     # A checkpoint's per-array digests (checkpoints.digests) describe its float32 arrays and
     # optimiser state, not this file: the file's own SHA-256 covers what it holds.

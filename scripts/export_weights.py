@@ -74,10 +74,11 @@ def max_logit_difference(model, variables_a, variables_b, arrays) -> tuple[float
   import numpy as np
   width = max(a.shape[1] for a in arrays)
   width += -width % 4  # a multiple of the model's width stride
-  x = np.zeros((len(arrays), arrays[0].shape[0], width, 1), np.float32)
+  # uint8, as the Recognizer feeds the model; the model scales it.
+  x = np.zeros((len(arrays), arrays[0].shape[0], width, 1), np.uint8)
   widths = np.array([a.shape[1] for a in arrays], np.int32)
   for i, a in enumerate(arrays):
-    x[i, :, :a.shape[1], 0] = a / 255.0  # the scaling of recognizer._recognize
+    x[i, :, :a.shape[1], 0] = a
   apply = jax.jit(lambda v: model.apply(v, x, widths, train=False))
   logits_a, paddings = jax.device_get(apply(variables_a))
   logits_b, _ = jax.device_get(apply(variables_b))

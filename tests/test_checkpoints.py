@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import tiny_model
 
-from crnn_jax import checkpoints, recognizer, train
+from crnn_jax import checkpoints, loading, train
 
 
 def test_best_checkpoint_is_kept_and_loaded_by_default(tmp_path):
@@ -38,18 +38,18 @@ def test_best_checkpoint_is_kept_and_loaded_by_default(tmp_path):
   restored, step = ckpts.restore_intact(base, log=print)
   assert step == 6 and int(restored.step) == 6
 
-  loaded = recognizer.load_checkpoint(workdir)
+  loaded = loading.load_checkpoint(workdir)
   assert loaded.step == 4 and "best" in loaded.where
   np.testing.assert_array_equal(loaded.variables["params"]["classifier"]["bias"],
                                 state_at(4).params["classifier"]["bias"])
   # A folder of latest checkpoints, named explicitly, gives its latest.
-  assert recognizer.load_checkpoint(f"{workdir}/checkpoints").step == 6
+  assert loading.load_checkpoint(f"{workdir}/checkpoints").step == 6
 
   # After a resume from step 2, step 4 is evaluated again: its new entry replaces the old.
   ckpts.save_best(4, state_at(40), meta, {"word_acc": 0.8})
   ckpts.wait()
   assert ckpts.best.all_steps() == [4]
   np.testing.assert_array_equal(
-      recognizer.load_checkpoint(workdir).variables["params"]["classifier"]["bias"],
+      loading.load_checkpoint(workdir).variables["params"]["classifier"]["bias"],
       state_at(40).params["classifier"]["bias"])
   ckpts.close()

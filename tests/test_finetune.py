@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tiny_model
 
-from crnn_jax import checkpoints, finetune, recognizer, train
+from crnn_jax import checkpoints, finetune, loading, train
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_new_charset_reinitialises_only_the_output_layer(source):
   state, charset = used_state(cfg)
   logs = []
   new = finetune.init_from(state, source, charset, log=logs.append)
-  saved = recognizer.load_checkpoint(source).variables
+  saved = loading.load_checkpoint(source).variables
 
   assert set(new.params) == {"cnn", "bilstm1", "classifier"}
   # The comparisons below could not fail if the fresh and saved values were equal.
@@ -65,7 +65,7 @@ def test_same_charset_keeps_the_output_layer(source):
   state, charset = used_state(tiny_model.config())
   logs = []
   new = finetune.init_from(state, source, charset, log=logs.append)
-  saved = recognizer.load_checkpoint(source).variables
+  saved = loading.load_checkpoint(source).variables
   assert leaves_equal(new.params, saved["params"])
   assert "kept" in logs[-1] and "re-initialised" not in "\n".join(logs)
 

@@ -102,6 +102,23 @@ def test_forward_under_jit_and_dtypes(tiny):
   assert logits.shape == (2, 15, 11)
 
 
+@pytest.mark.parametrize("shape", [(2, 32, 64), (2, 32, 64, 1)])
+def test_integer_pixels_are_scaled_to_the_unit_interval(tiny, shape):
+  """uint8 pixels give the logits of the same pixels as floats / 255: the model is the one
+  place that scales (training, the Recognizer and export all feed it uint8). Breaking it:
+  dropping the scaling, or scaling floats too."""
+  model, variables = tiny
+  pixels = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
+  widths = jnp.array([64, 37])
+  f = jax.jit(lambda v, x, w: model.apply(v, x, w))
+  from_uint8, _ = f(variables, pixels, widths)
+  from_floats, _ = f(variables, pixels.astype(np.float32) / 255.0, widths)
+  np.testing.assert_allclose(from_uint8, from_floats, rtol=1e-6, atol=1e-6)
+  assert float(jnp.abs(from_uint8).max()) > 0  # a real comparison, not two zero arrays
+  int32_logits, _ = f(variables, pixels.astype(np.int32), widths)
+  np.testing.assert_allclose(int32_logits, from_uint8, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("name,backend,want", [
     ("auto", "cpu", jnp.float32), ("auto", "gpu", jnp.bfloat16), ("auto", "tpu", jnp.bfloat16),
     ("float32", "gpu", jnp.float32), ("bfloat16", "cpu", jnp.bfloat16)])

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from crnn_jax import checkpoints, sharding, train
+from crnn_jax import checkpoints, models, sharding, train
 from crnn_jax.data import index, loader, plan, specs
 
 from helpers import REPO, tiny_config
@@ -119,7 +119,7 @@ def _reference_params(config):
 
   mesh = sharding.make_mesh(jax.devices()[:2 * DEVICES_PER_PROCESS])
   init_rng, step_rng = jax.random.split(jax.random.key(config.train.seed))
-  model = train.make_model(config, charset.num_classes)
+  model = models.from_config(config.model, charset.num_classes)
   state = jax.jit(functools.partial(train.create_train_state, config, model),
                   out_shardings=sharding.replicated(mesh))(init_rng)
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)

@@ -21,7 +21,7 @@ import tiny_model
 from helpers import REPO, tiny_config
 from test_multihost import _free_port, _kill_all, _launch, _overrides
 
-from crnn_jax import checkpoints, finetune, nonfinite, recognizer, sharding, train
+from crnn_jax import checkpoints, finetune, models, nonfinite, recognizer, sharding, train
 
 # The tests here build on helpers.tiny_config, which trains on the real word crops.
 pytestmark = pytest.mark.real_data
@@ -61,7 +61,7 @@ def _all_finite(tree) -> bool:
 def _restore(workdir, config, step):
   mesh = sharding.make_mesh()
   charset = train.make_charset(config)
-  model = train.make_model(config, charset.num_classes)
+  model = models.from_config(config.model, charset.num_classes)
   template = jax.jit(lambda r: train.create_train_state(config, model, r),
                      out_shardings=sharding.replicated(mesh))(jax.random.key(0))
   ckpts = checkpoints.Checkpoints(workdir)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tiny_model
 
-from crnn_jax import checkpoints, sharding, train
+from crnn_jax import checkpoints, models, sharding, train
 from crnn_jax.data import batching, index, specs
 
 from configs import quick
@@ -32,7 +32,7 @@ def _batch(config, n=16, seed=0):
 
 def _state(config, mesh):
   charset = train.make_charset(config)
-  model = train.make_model(config, charset.num_classes)
+  model = models.from_config(config.model, charset.num_classes)
   return jax.jit(functools.partial(train.create_train_state, config, model),
                  out_shardings=sharding.replicated(mesh))(jax.random.key(0))
 
@@ -332,7 +332,7 @@ def bf16_runs():
                                "model.compute_dtype": dtype})
     state, charset = tiny_model.make_state(cfg, mesh)
     state = state.replace(params=params)
-    assert train.make_model(cfg, charset.num_classes).dtype == jax.numpy.dtype(dtype)
+    assert models.from_config(cfg.model, charset.num_classes).dtype == jax.numpy.dtype(dtype)
     step = jax.jit(train.train_step).lower(state, batches[0], jax.random.key(0)).compile()
     losses, first = [], None
     for i in range(BF16_STEPS):

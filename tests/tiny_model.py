@@ -15,7 +15,7 @@ import numpy as np
 
 from configs import base
 from crnn_jax import checkpoints as ckpt_lib
-from crnn_jax import sharding, train
+from crnn_jax import models, sharding, train
 from helpers import REAL  # noqa: F401  the real word crops (tests marked real_data)
 
 UPPER_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -57,7 +57,7 @@ def make_state(cfg: ml_collections.ConfigDict, mesh=None, seed: int = 0):
   """
   mesh = mesh or sharding.make_mesh()
   charset = train.make_charset(cfg)
-  model = train.make_model(cfg, charset.num_classes)
+  model = models.from_config(cfg.model, charset.num_classes)
   abstract = jax.eval_shape(functools.partial(train.create_train_state, cfg, model),
                             jax.random.key(seed))
   rng = np.random.default_rng(seed)

@@ -25,6 +25,10 @@ image is dark, undistorted text on a light flat background):
    drop shadow and two-tone fill.
 5. Degradations: low-resolution resampling, Gaussian blur, uneven lighting, Gaussian noise
    and JPEG compression.
+
+Over 600 lines: `Renderer.render` draws its random choices inline between the steps above;
+issue 14 item 2 samples them all into one parameters dataclass first and splits out pure
+geometry, paint and degrade functions. Until then it is one file.
 """
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ class _ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
 def _info(builder, description: str, **metadata) -> tfds.core.DatasetInfo:
   # DatasetInfo(builder=self, ...): dataset_info_from_configs() looks for a folder beside
-  # this file (see FACTS.md).
+  # this file and fails (NotADirectoryError) for a builder defined in one .py file.
   return tfds.core.DatasetInfo(builder=builder, description=description, features=_features(),
                                supervised_keys=("image", "label"),
                                metadata=tfds.core.MetadataDict(**metadata))
