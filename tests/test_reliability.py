@@ -251,20 +251,12 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   assert f"Stopped at step {stop}; checkpoint saved" in outs[0]
   assert sorted(os.listdir(workdir / "checkpoints")) == [str(stop)]
 
-  # The relaunch resumes there on both and trains two more steps together.
-  procs = _launch(workdir, _overrides(config, stop + 2), _free_port())
-  try:
-    outs = [p.communicate(timeout=240)[0] for p in procs]
-  finally:
-    _kill_all(procs)
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
-  assert f"Resuming from the checkpoint at step {stop}" in outs[0]
-  assert f"step {stop + 1}/{stop + 2}" in outs[0] and "step 1/" not in outs[0]
-  finals = [re.search(r"process (\d): step (\d+), parameter checksum (\w+)", o).groups()
-            for o in outs]
-  print(f"relaunch: {finals}")
-  assert finals[0][1:] == finals[1][1:] and int(finals[0][1]) == stop + 2
+  # What was saved is what both held: the checkpoint restores to the same step and
+  # parameters (their checksum). Resuming from a multi-process checkpoint, data position
+  # included, is test_multihost's two-stage run; a relaunch here would repeat it.
+  restored = _restore(str(workdir), config, stop)
+  assert int(restored.step) == stop
+  assert train.params_checksum(restored.params) == c0
 
 
 def test_nonfinite_step_changes_nothing_but_the_step():
