@@ -24,7 +24,7 @@ other jobs share it):
     .venv/bin/python benchmarks/train_speed.py
     .venv/bin/python benchmarks/train_speed.py --conv_impl=xla   # the plain formulation
     .venv/bin/python benchmarks/train_speed.py --cpu_devices=2   # batch split over 2 host devices
-    .venv/bin/python benchmarks/train_speed.py --malloc=reuse    # as scripts/train.py runs
+    .venv/bin/python benchmarks/train_speed.py --malloc=system   # glibc's default on both sides
 
 On a GPU, one command compares crnn_jax in float32 and bfloat16 (``model.compute_dtype``)
 with PyTorch in float32 and under bfloat16 autocast, with ``channels_last`` and
@@ -506,8 +506,12 @@ def main(argv=None) -> None:
                       help="gpu: TF32 for float32 matmuls and convolutions, both sides alike")
   parser.add_argument("--cpu_devices", type=int, default=1,
                       help="JAX host devices to split the batch over (jax_num_cpu_devices)")
-  parser.add_argument("--malloc", choices=("system", "reuse"), default="system",
-                      help="'reuse': glibc keeps freed memory (see reuse_freed_memory)")
+  # 'reuse' is the default because it is how scripts/train.py runs and because it applies
+  # to the whole process: PyTorch gains as much from it as crnn_jax, so it is the fairer
+  # comparison (docs/speed.md); 'system' flatters crnn_jax.
+  parser.add_argument("--malloc", choices=("system", "reuse"), default="reuse",
+                      help="'reuse' (default): glibc keeps freed memory, both sides "
+                           "(see reuse_freed_memory); 'system': glibc's defaults")
   args = parser.parse_args(argv)
   defaults = DEVICE_DEFAULTS[args.device]
   for name in ("batch_sizes", "jax_dtypes", "torch_modes", "steps"):
