@@ -8,7 +8,8 @@ frame is skipped: nothing in it can change a result. The decoders are vectorised
 `lax.scan` over time with static shapes, so they run under `jit` and `vmap`, on sharded
 batches and on any backend. The host-side builders (`build_trie`, `build_char_ngram`)
 turn word lists into device arrays, and `to_strings` turns results back into text. It
-imports only jax and numpy so other projects can use it without the rest of crnn_jax.
+imports only jax, numpy and `crnn_jax.host` (standard library only), so other projects
+can use it without the rest of crnn_jax.
 
 References: Graves et al., "Connectionist Temporal Classification", ICML 2006; Graves,
 "Supervised Sequence Labelling with RNNs", 2012, ch. 7 (prefix search); Hannun et al.,
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+from crnn_jax import host
 
 _NEG_INF = -jnp.inf
 
@@ -650,10 +652,7 @@ def _num_chunks(batch: int) -> int:
     """
     if jax.default_backend() != "cpu":
         return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = host.usable_cores()
     if batch > _CHUNK * cores:
         return 1
     return max(1, min(cores, batch // _CHUNK))

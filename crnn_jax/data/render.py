@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
+from crnn_jax import host
 from crnn_jax.charset import DEFAULT_CHARS
 from crnn_jax.data import fonts
 
@@ -933,14 +934,6 @@ def _render_chunk(start: int, stop: int) -> list[Any]:
     return [encode(*r) for r in results] if encode is not None else results
 
 
-def default_num_workers() -> int:
-    """One worker per core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 # Ranges shorter than this render in-process when num_workers is None: starting a worker
 # costs about as much as rendering a thousand images.
 _MIN_PARALLEL_RANGE = 2000
@@ -980,7 +973,7 @@ def iter_renderer(
         f"num_workers: expected None or an int >= 0, got {num_workers}",
     )
     if num_workers is None:
-        num_workers = default_num_workers() if stop - start >= _MIN_PARALLEL_RANGE else 1
+        num_workers = host.usable_cores() if stop - start >= _MIN_PARALLEL_RANGE else 1
     renderer.prepare()
     if num_workers <= 1:
         for i in range(start, stop):
