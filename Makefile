@@ -18,5 +18,9 @@ $(VENV)/.installed: pyproject.toml
 train: setup
 	$(PY) scripts/train.py --config configs/quick.py --workdir $(WORKDIR)
 
+# The formatter and the linter on the whole tree first (pyproject.toml: [tool.pyink],
+# [tool.ruff]), then the tests.
 test: setup
+	$(VENV)/bin/pyink --check .
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q

@@ -47,8 +47,11 @@ for line in sys.stdin:
 """
 
 # glibc's tunables for crnn_jax.memory.reuse_freed_memory's mallopt calls.
-_REUSE = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-          "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+_REUSE = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+}
 
 
 def export_tree(rev: str, into: str) -> str:
@@ -67,12 +70,16 @@ class Worker:
 
   def __init__(self, name: str, tree: str, batch: int):
     self.name, self.batch = name, batch
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=tree, CRNN_JAX_MALLOC="system",
-               **_REUSE)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=tree, CRNN_JAX_MALLOC="system", **_REUSE)
     env.pop("XLA_FLAGS", None)
-    self.proc = subprocess.Popen([sys.executable, "-c", _WORKER.format(batch=batch)], cwd=tree,
-                                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True)
+    self.proc = subprocess.Popen(
+        [sys.executable, "-c", _WORKER.format(batch=batch)],
+        cwd=tree,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = self.proc.stdout.readline()
     if line.strip() != "ready":
       self.proc.kill()
@@ -92,8 +99,9 @@ class Worker:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--base", required=True, help="the revision to compare against")
-  parser.add_argument("--head", default=None,
-                      help="a second revision; default: the working tree as it is")
+  parser.add_argument(
+      "--head", default=None, help="a second revision; default: the working tree as it is"
+  )
   parser.add_argument("--batch", type=int, default=64, help="images per training step")
   parser.add_argument("--rounds", type=int, default=7, help="alternating rounds")
   parser.add_argument("--steps", type=int, default=2, help="training steps per side per round")
@@ -103,8 +111,10 @@ def main(argv=None) -> None:
   with tempfile.TemporaryDirectory(prefix="crnn_jax_ab_") as tmp:
     head_tree = REPO if args.head is None else export_tree(args.head, tmp)
     # Started one after the other: two compilations at once would only slow both.
-    workers = [Worker(f"base {args.base}", export_tree(args.base, tmp), args.batch),
-               Worker(f"head {args.head or 'working tree'}", head_tree, args.batch)]
+    workers = [
+        Worker(f"base {args.base}", export_tree(args.base, tmp), args.batch),
+        Worker(f"head {args.head or 'working tree'}", head_tree, args.batch),
+    ]
     rates = {w.name: [] for w in workers}
     print(f"batch {args.batch}, {args.rounds} rounds of {args.steps} step(s) per side; images/s")
     print(f"{'round':>5}  " + "  ".join(f"{w.name:>24}" for w in workers))

@@ -43,8 +43,9 @@ class BiLSTM(nn.Module):
     """x: (B, T, F) -> (B, T, 2 * hidden)."""
     if self.training and self.dropout > 0:
       keep = 1.0 - self.dropout
-      mask = torch.bernoulli(torch.full((x.shape[0], 1, x.shape[2]), keep, dtype=x.dtype,
-                                        device=x.device))
+      mask = torch.bernoulli(
+          torch.full((x.shape[0], 1, x.shape[2]), keep, dtype=x.dtype, device=x.device)
+      )
       x = x * mask / keep
     return self.lstm(x)[0]
 
@@ -63,13 +64,26 @@ class TorchCRNN(nn.Module):
       return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
 
     self.cnn = nn.Sequential(
-        conv(1, f[0]), nn.ReLU(), nn.MaxPool2d(2, 2),
-        conv(f[0], f[1]), nn.ReLU(), nn.MaxPool2d(2, 2),
-        conv(f[1], f[2]), nn.ReLU(),
-        conv(f[2], f[3]), nn.ReLU(), nn.MaxPool2d((2, 1), (2, 1)),
-        conv(f[3], f[4]), bn(f[4]), nn.ReLU(),
-        conv(f[4], f[5]), bn(f[5]), nn.ReLU(), nn.MaxPool2d((2, 1), (2, 1)),
-        conv(f[5], f[6], kernel=2, padding=0), nn.ReLU(),
+        conv(1, f[0]),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        conv(f[0], f[1]),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        conv(f[1], f[2]),
+        nn.ReLU(),
+        conv(f[2], f[3]),
+        nn.ReLU(),
+        nn.MaxPool2d((2, 1), (2, 1)),
+        conv(f[3], f[4]),
+        bn(f[4]),
+        nn.ReLU(),
+        conv(f[4], f[5]),
+        bn(f[5]),
+        nn.ReLU(),
+        nn.MaxPool2d((2, 1), (2, 1)),
+        conv(f[5], f[6], kernel=2, padding=0),
+        nn.ReLU(),
     )
     self.rnn = nn.Sequential(BiLSTM(f[6], hidden, dropout), BiLSTM(2 * hidden, hidden, dropout))
     self.classifier = nn.Linear(2 * hidden, num_classes)
@@ -83,10 +97,10 @@ class TorchCRNN(nn.Module):
 def ctc_loss(logits: torch.Tensor, labels: torch.Tensor, label_lengths: torch.Tensor):
   """Mean over examples of the CTC negative log-likelihood, as crnn_jax.losses.ctc_loss."""
   log_probs = logits.float().log_softmax(-1).permute(1, 0, 2)  # [B, T, K] -> [T, B, K]
-  frames = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long,
-                      device=logits.device)
-  per_example = nn.functional.ctc_loss(log_probs, labels, frames, label_lengths, blank=0,
-                                       reduction="none", zero_infinity=True)
+  frames = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
+  per_example = nn.functional.ctc_loss(
+      log_probs, labels, frames, label_lengths, blank=0, reduction="none", zero_infinity=True
+  )
   return per_example.mean()
 
 
@@ -95,8 +109,13 @@ def _autocast(device_type: str, dtype: torch.dtype | None):
   return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
 
 
-def make_train_step(model: nn.Module, learning_rate: float = 1e-3, *,
-                    autocast: torch.dtype | None = None, device_type: str = "cpu"):
+def make_train_step(
+    model: nn.Module,
+    learning_rate: float = 1e-3,
+    *,
+    autocast: torch.dtype | None = None,
+    device_type: str = "cpu",
+):
   """Returns ``step(images, labels, label_lengths) -> loss``: one Adam step in place.
 
   Args:
@@ -120,8 +139,7 @@ def make_train_step(model: nn.Module, learning_rate: float = 1e-3, *,
   return step
 
 
-def make_infer(model: nn.Module, *, autocast: torch.dtype | None = None,
-               device_type: str = "cpu"):
+def make_infer(model: nn.Module, *, autocast: torch.dtype | None = None, device_type: str = "cpu"):
   """Returns ``infer(images) -> logits`` in eval mode without autograd (see
   ``make_train_step`` for the arguments)."""
 

@@ -31,16 +31,20 @@ def _real(name: str, option: str, split: str) -> str:
 
 def get_config():
   config = base.get_config()
-  config.data.train = " | ".join([
-      "synth:inf,seed=0,difficulty=1 @ 0.55",
-      _real("iiit5k_train", "exclude", "iiit5k_val") + " @ 0.2",
-      _real("ic15_train", "exclude", "ic15_val") + " @ 0.25",
-  ])
-  config.data.eval = " | ".join([
-      _real("iiit5k_train", "include", "iiit5k_val"),
-      _real("ic15_train", "include", "ic15_val"),
-      _real("svt_train", "include", "svt_val"),
-  ])
+  config.data.train = " | ".join(
+      [
+          "synth:inf,seed=0,difficulty=1 @ 0.55",
+          _real("iiit5k_train", "exclude", "iiit5k_val") + " @ 0.2",
+          _real("ic15_train", "exclude", "ic15_val") + " @ 0.25",
+      ]
+  )
+  config.data.eval = " | ".join(
+      [
+          _real("iiit5k_train", "include", "iiit5k_val"),
+          _real("ic15_train", "include", "ic15_val"),
+          _real("svt_train", "include", "svt_val"),
+      ]
+  )
   # Real crops at height 32 are 35-165 pixels wide (10th-95th percentile).
   config.data.width_buckets = (64, 128, 192)
   config.data.augment = 0.5

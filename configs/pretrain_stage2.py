@@ -29,7 +29,8 @@ def get_config():
     raise ValueError(
         "configs/pretrain_stage2.py continues from the stage-1 weights: set "
         "CRNN_PRETRAIN_STAGE1 to that file (git show "
-        "5a6c4c4:crnn_jax/pretrained/crnn_seed.npz > /tmp/stage1.npz).")
+        "5a6c4c4:crnn_jax/pretrained/crnn_seed.npz > /tmp/stage1.npz)."
+    )
   config = pretrain.get_config()
   config.init_from = _STAGE1
   config.data.train = config.data.train.replace("synth:inf,seed=0", "synth:inf,seed=1")

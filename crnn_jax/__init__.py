@@ -20,5 +20,6 @@ __all__ = list(_LAZY)
 def __getattr__(name):
   if name in _LAZY:
     import importlib
+
     return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f"module 'crnn_jax' has no attribute {name!r}")

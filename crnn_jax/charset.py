@@ -36,7 +36,8 @@ class Charset:
     repeats = sorted({c for c in chars if c in seen or seen.add(c)})
     if repeats:
       raise ValueError(
-          f"Charset chars repeats {''.join(repeats)!r}: each character may appear once.")
+          f"Charset chars repeats {''.join(repeats)!r}: each character may appear once."
+      )
     self.chars = chars
     self.case_fold = case_fold
     self._ids = {c: i + 1 for i, c in enumerate(chars)}
@@ -52,7 +53,7 @@ class Charset:
     if spec in ("", "default"):
       return cls(DEFAULT_CHARS, case_fold=case_fold)
     if spec.startswith("file:"):
-      return cls.from_file(spec[len("file:"):], case_fold=case_fold)
+      return cls.from_file(spec[len("file:") :], case_fold=case_fold)
     return cls(spec, case_fold=case_fold)
 
   @classmethod
@@ -98,7 +99,8 @@ class Charset:
       raise ValueError(
           f"Character {e.args[0]!r} in text {text!r} is not in the charset "
           f"({len(self.chars)} characters). Add it to the charset, set case_fold "
-          f"for a lower-case charset, or let the reader skip such labels.") from None
+          f"for a lower-case charset, or let the reader skip such labels."
+      ) from None
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of ``ids``; the blank and negative padding ids are dropped. No CTC collapse."""
@@ -110,8 +112,11 @@ class Charset:
     return len(self.chars)
 
   def __eq__(self, other) -> bool:
-    return (isinstance(other, Charset) and other.chars == self.chars
-            and other.case_fold == self.case_fold)
+    return (
+        isinstance(other, Charset)
+        and other.chars == self.chars
+        and other.case_fold == self.case_fold
+    )
 
   def __repr__(self) -> str:
     return f"Charset({self.chars!r}, case_fold={self.case_fold})"
@@ -124,12 +129,13 @@ def encode_batch(charset: Charset, texts: Sequence[str], max_len: int):
     ValueError: if a text is longer than ``max_len`` or has unknown characters.
   """
   import numpy as np
+
   labels = np.zeros((len(texts), max_len), np.int32)
   paddings = np.ones((len(texts), max_len), np.float32)
   for i, text in enumerate(texts):
     ids = charset.encode(text)
     if len(ids) > max_len:
       raise ValueError(f"Text {text!r} has {len(ids)} characters; max_len is {max_len}.")
-    labels[i, :len(ids)] = ids
-    paddings[i, :len(ids)] = 0.0
+    labels[i, : len(ids)] = ids
+    paddings[i, : len(ids)] = 0.0
   return labels, paddings

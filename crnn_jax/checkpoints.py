@@ -50,8 +50,7 @@ class CheckpointError(ValueError):
 def _leaf_name(path) -> str:
   # The same name whether the tree is a TrainState (attributes, namedtuples) or the
   # nested dicts Orbax returns when restoring without a target.
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                  for k in path)
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def _host_copy(x) -> np.ndarray:
@@ -72,8 +71,7 @@ def digests(tree) -> dict:
   """
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
-                                                             jax.dtypes.prng_key):
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
       leaf = jax.random.key_data(leaf)
     value = np.ascontiguousarray(_host_copy(leaf))
     h = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
@@ -100,19 +98,28 @@ def verify(tree, meta: dict, where: str) -> None:
   extra = sorted(got.keys() - saved.keys())
   if differ or missing or extra:
     more = " ..." if len(differ) > 3 else ""
-    parts = ([(f"data of {', '.join(differ[:3])}{more} ({len(differ)} of {len(saved)} "
-               f"arrays) differ from the digests taken at save")] if differ else [])
+    parts = (
+        [
+            (
+                f"data of {', '.join(differ[:3])}{more} ({len(differ)} of {len(saved)} "
+                f"arrays) differ from the digests taken at save"
+            )
+        ]
+        if differ
+        else []
+    )
     parts += [f"arrays missing: {missing[:3]}"] if missing else []
     parts += [f"arrays not saved: {extra[:3]}"] if extra else []
-    raise CheckpointError(f"Checkpoint {where} is corrupt: {'; '.join(parts)}. It cannot be "
-                          f"used; restore it from a copy or use another checkpoint.")
+    raise CheckpointError(
+        f"Checkpoint {where} is corrupt: {'; '.join(parts)}. It cannot be "
+        f"used; restore it from a copy or use another checkpoint."
+    )
 
 
 def param_shapes(params) -> dict:
   """{'path/to/leaf': [shape...]} of a parameter tree."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  return {"/".join(str(getattr(k, "key", k)) for k in path): list(np.shape(v))
-          for path, v in flat}
+  return {"/".join(str(getattr(k, "key", k)) for k in path): list(np.shape(v)) for path, v in flat}
 
 
 def check_compatible(saved: dict, current: dict, where: str):
@@ -124,15 +131,18 @@ def check_compatible(saved: dict, current: dict, where: str):
   differ = sorted(k for k in set(saved) & set(current) if saved[k] != current[k])
   parts = []
   if differ:
-    parts.append("shapes differ: " + ", ".join(
-        f"{k} saved {saved[k]} vs model {current[k]}" for k in differ[:4]))
+    parts.append(
+        "shapes differ: "
+        + ", ".join(f"{k} saved {saved[k]} vs model {current[k]}" for k in differ[:4])
+    )
   if missing:
     parts.append(f"model has parameters the checkpoint lacks: {missing[:4]}")
   if extra:
     parts.append(f"checkpoint has parameters the model lacks: {extra[:4]}")
   raise ValueError(
       f"Checkpoint {where} was saved from a different model ({'; '.join(parts)}). Use the "
-      f"model config it was trained with, another --workdir, or init_from to fine-tune.")
+      f"model config it was trained with, another --workdir, or init_from to fine-tune."
+  )
 
 
 class _PauseBeforeCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
@@ -155,10 +165,13 @@ def _manager(directory: str, name: str, **options) -> ocp.CheckpointManager:
   if os.environ.get(PAUSE_BEFORE_COMMIT_ENV) and not options.get("read_only"):
     options["temporary_path_class"] = _PauseBeforeCommit
   return ocp.CheckpointManager(
-      os.path.abspath(directory), item_names=("state", "meta"),
+      os.path.abspath(directory),
+      item_names=("state", "meta"),
       options=ocp.CheckpointManagerOptions(
-          multiprocessing_options=ocp.options.MultiprocessingOptions(
-              barrier_sync_key_prefix=name), **options))
+          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
+          **options,
+      ),
+  )
 
 
 def _save_args(state, meta: dict) -> ocp.args.Composite:
@@ -172,10 +185,21 @@ class Checkpoints:
   def __init__(self, workdir: str, *, max_to_keep: int = 3):
     self.workdir = workdir
     # cleanup_tmp_directories: deletes what a process killed mid-save left uncommitted.
-    self.latest = _manager(os.path.join(workdir, "checkpoints"), "latest", create=True,
-                           max_to_keep=max_to_keep, cleanup_tmp_directories=True)
-    self.best = _manager(os.path.join(workdir, "best"), "best", create=True, max_to_keep=1,
-                         best_fn=lambda m: m["word_acc"], best_mode="max")
+    self.latest = _manager(
+        os.path.join(workdir, "checkpoints"),
+        "latest",
+        create=True,
+        max_to_keep=max_to_keep,
+        cleanup_tmp_directories=True,
+    )
+    self.best = _manager(
+        os.path.join(workdir, "best"),
+        "best",
+        create=True,
+        max_to_keep=1,
+        best_fn=lambda m: m["word_acc"],
+        best_mode="max",
+    )
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -192,8 +216,12 @@ class Checkpoints:
       # Saved before a resume from an earlier step: that history was abandoned, and
       # Orbax refuses to overwrite a step.
       self.best.delete(step)
-    self.best.save(step, args=_save_args(state, meta),
-                   metrics={k: float(v) for k, v in metrics.items()}, force=True)
+    self.best.save(
+        step,
+        args=_save_args(state, meta),
+        metrics={k: float(v) for k, v in metrics.items()},
+        force=True,
+    )
 
   def restore(self, state, step: int | None = None):
     """Restores ``(state, meta)`` at ``step`` (default latest) into the shapes and shardings of ``state``.
@@ -242,16 +270,22 @@ class Checkpoints:
         errors.append(error)
         self._set_aside(step)
         older = [s for s in steps if s < step]
-        log(f"warning: {error}\nwarning: moved it to {self.where(step)}.corrupt; "
-            + (f"trying the checkpoint at step {older[0]}." if older else
-               "no older checkpoint is left."))
+        log(
+            f"warning: {error}\nwarning: moved it to {self.where(step)}.corrupt; "
+            + (
+                f"trying the checkpoint at step {older[0]}."
+                if older
+                else "no older checkpoint is left."
+            )
+        )
         continue
       return restored, step
     if errors:
       raise CheckpointError(
           f"None of the {len(errors)} checkpoints in {self.latest.directory} is intact (each "
           f"was moved to <step>.corrupt): {errors[-1]} To start afresh, use a new --workdir "
-          f"or delete {self.latest.directory}; to fine-tune from another run, set init_from.")
+          f"or delete {self.latest.directory}; to fine-tune from another run, set init_from."
+      )
     return state, None
 
   def _set_aside(self, step: int):
@@ -284,9 +318,11 @@ def guarded_read(what: Callable, where: str):
     return what()
   except Exception as e:  # tensorstore, JSON, missing files: all mean unreadable
     first = (str(e).strip().splitlines() or [""])[0][:300]
-    raise CheckpointError(f"Checkpoint {where} cannot be read ({type(e).__name__}: "
-                          f"{first}). It is incomplete or damaged; use another "
-                          f"checkpoint.") from e
+    raise CheckpointError(
+        f"Checkpoint {where} cannot be read ({type(e).__name__}: "
+        f"{first}). It is incomplete or damaged; use another "
+        f"checkpoint."
+    ) from e
 
 
 def restore_from(manager: ocp.CheckpointManager, step: int, state, *, where: str):
@@ -294,8 +330,12 @@ def restore_from(manager: ocp.CheckpointManager, step: int, state, *, where: str
   meta = guarded_read(lambda: read_meta(manager, step), where)
   check_compatible(meta.get("param_shapes", {}), param_shapes(state.params), where)
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = guarded_read(lambda: manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target))), where)["state"]
+  restored = guarded_read(
+      lambda: manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      ),
+      where,
+  )["state"]
   verify(restored, meta, where)
   return restored, meta
 
@@ -321,5 +361,7 @@ def open_checkpoint(path: str):
       return mngr, max(steps)
     if step is not None and step in steps:
       return mngr, step
-  raise ValueError(f"No crnn_jax checkpoint found at {path!r}: give a training workdir, "
-                   f"its checkpoints/ or best/ folder, or a step folder inside one.")
+  raise ValueError(
+      f"No crnn_jax checkpoint found at {path!r}: give a training workdir, "
+      f"its checkpoints/ or best/ folder, or a step folder inside one."
+  )

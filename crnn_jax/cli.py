@@ -47,17 +47,27 @@ def parser(doc: str, script: str) -> argparse.ArgumentParser:
 
   Long options only, spelled in full (no abbreviations), plus ``--verbose``.
   """
-  p = _Parser(prog=os.path.basename(script), description=doc,
-              formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+  p = _Parser(
+      prog=os.path.basename(script),
+      description=doc,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      allow_abbrev=False,
+  )
   # Listed after the script's own options (argparse prints groups in creation order).
   p.add_argument_group("every script").add_argument(
-      "--verbose", action="store_true", help="show the traceback of an error, not just its "
-      "one line")
+      "--verbose",
+      action="store_true",
+      help="show the traceback of an error, not just its " "one line",
+  )
   return p
 
 
-def run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, *,
-        user_errors: tuple[type[BaseException], ...] = ()) -> int:
+def run(
+    main: Callable[[argparse.Namespace], int | None],
+    args: argparse.Namespace,
+    *,
+    user_errors: tuple[type[BaseException], ...] = (),
+) -> int:
   """Calls ``main(args)``; returns its exit status, or 1 after printing a user error.
 
   Args:
@@ -67,6 +77,7 @@ def run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespa
   """
   # absl's own flags (absl logging, grain's worker processes read them) keep their defaults.
   from absl import flags
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   try:
@@ -89,8 +100,9 @@ def _without_closed_loop_noise(unraisable) -> None:
   is meant to read. Nothing is lost by dropping it; any other unraisable exception is
   still printed.
   """
-  if isinstance(unraisable.exc_value, RuntimeError) and \
-      "Event loop is closed" in str(unraisable.exc_value):
+  if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+      unraisable.exc_value
+  ):
     return
   sys.__unraisablehook__(unraisable)
 
@@ -157,8 +169,9 @@ def parse_config(path: str, overrides: Sequence[str]):
     raise UserError(f"{bad[0]}: expected --config.GROUP.FIELD=VALUE (with '=').")
   argv = ["train.py", f"--config={path}", *overrides]
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "Training config file.", flag_values=values,
-                                  lock_config=True, sys_argv=argv)
+  config_flags.DEFINE_config_file(
+      "config", None, "Training config file.", flag_values=values, lock_config=True, sys_argv=argv
+  )
   try:
     values(argv)
   except flags.Error as e:  # a value of the wrong type, e.g. --config.train.num_steps=abc
@@ -167,12 +180,15 @@ def parse_config(path: str, overrides: Sequence[str]):
     field = re.search(r'instead of "(\w+)"', str(e)) or re.search(r"(\w+)", str(e))
     field = field.group(1) if field else "?"
     hint = re.search(r'Did you mean "(\w+)"', str(e))
-    given = next((o.split("=")[0] for o in overrides
-                  if re.search(rf"\.{re.escape(field)}(=|\.)", o)), None)
+    given = next(
+        (o.split("=")[0] for o in overrides if re.search(rf"\.{re.escape(field)}(=|\.)", o)), None
+    )
     if given is None:  # not an override: the file itself, e.g. without get_config()
       raise UserError(f"--config {path} did not load: {type(e).__name__}: {one_line(e)}") from e
-    raise UserError(f"{given}: the config has no field {field!r}"
-                    + (f"; did you mean {hint.group(1)!r}?" if hint else ".")) from e
+    raise UserError(
+        f"{given}: the config has no field {field!r}"
+        + (f"; did you mean {hint.group(1)!r}?" if hint else ".")
+    ) from e
   except Exception as e:  # the file itself fails: a syntax error, a name error...
     raise UserError(f"--config {path} did not load: {type(e).__name__}: {one_line(e)}") from e
   try:
@@ -192,18 +208,35 @@ def add_model_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
   """The model to load and how to decode: --workdir, --checkpoint or --weights (default the
   pretrained model), --decode, --beam-size, --lexicon, --batch-size."""
   where = p.add_mutually_exclusive_group()
-  where.add_argument("--workdir", metavar="DIR", help="a training workdir (its best "
-                     "checkpoint, else the latest)")
-  where.add_argument("--checkpoint", metavar="DIR", help="a checkpoint folder (a workdir, "
-                     "its best/ or checkpoints/, or a step folder)")
-  where.add_argument("--weights", metavar="FILE", help="a weights file (scripts/"
-                     "export_weights.py). Default, when no model is given: the pretrained "
-                     "model shipped with crnn_jax, crnn_jax/pretrained/crnn_seed.npz")
-  p.add_argument("--decode", choices=DECODE_METHODS, default=None,
-                 help="default: lexicon with --lexicon, beam with --top-k > 1, else greedy")
+  where.add_argument(
+      "--workdir",
+      metavar="DIR",
+      help="a training workdir (its best " "checkpoint, else the latest)",
+  )
+  where.add_argument(
+      "--checkpoint",
+      metavar="DIR",
+      help="a checkpoint folder (a workdir, " "its best/ or checkpoints/, or a step folder)",
+  )
+  where.add_argument(
+      "--weights",
+      metavar="FILE",
+      help="a weights file (scripts/"
+      "export_weights.py). Default, when no model is given: the pretrained "
+      "model shipped with crnn_jax, crnn_jax/pretrained/crnn_seed.npz",
+  )
+  p.add_argument(
+      "--decode",
+      choices=DECODE_METHODS,
+      default=None,
+      help="default: lexicon with --lexicon, beam with --top-k > 1, else greedy",
+  )
   p.add_argument("--beam-size", type=int, default=8, help="beams for beam/lexicon decoding")
-  p.add_argument("--lexicon", metavar="FILE", help="a word list, one word per line: the "
-                 "output is always one of its words")
+  p.add_argument(
+      "--lexicon",
+      metavar="FILE",
+      help="a word list, one word per line: the " "output is always one of its words",
+  )
   p.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
 
 
@@ -238,8 +271,9 @@ def load_recognizer(args: argparse.Namespace, **options):
   if args.workdir:
     existing_folder("--workdir", args.workdir, "the workdir of a training run")
   if args.checkpoint:
-    existing_folder("--checkpoint", args.checkpoint, "a workdir, its best/ or checkpoints/, "
-                    "or a step folder")
+    existing_folder(
+        "--checkpoint", args.checkpoint, "a workdir, its best/ or checkpoints/, " "or a step folder"
+    )
   if args.weights:
     existing_file("--weights", args.weights, "a weights file from scripts/export_weights.py")
   lexicon = None
@@ -250,11 +284,17 @@ def load_recognizer(args: argparse.Namespace, **options):
     if not lexicon:
       raise UserError(f"--lexicon {args.lexicon} holds no words; give one word per line.")
   from absl import logging
+
   logging.set_verbosity(logging.ERROR)  # Orbax reports read-only managers at WARNING
   from crnn_jax.recognizer import Recognizer
 
-  options = dict(batch_size=args.batch_size, decode=args.decode, beam_size=args.beam_size,
-                 lexicon=lexicon, **options)
+  options = dict(
+      batch_size=args.batch_size,
+      decode=args.decode,
+      beam_size=args.beam_size,
+      lexicon=lexicon,
+      **options,
+  )
   if args.workdir or args.checkpoint:
     recognizer = Recognizer.from_checkpoint(args.workdir or args.checkpoint, **options)
   else:

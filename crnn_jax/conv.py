@@ -71,8 +71,12 @@ def conv2d_xla(x: ArrayLike, kernel: ArrayLike, padding: str) -> jax.Array:
   """
   kernel = jnp.asarray(kernel)
   return lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding=_pads(padding, *kernel.shape[:2]),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x,
+      kernel,
+      window_strides=(1, 1),
+      padding=_pads(padding, *kernel.shape[:2]),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
 
 
 def _shifted(x: jax.Array, kh: int, kw: int, pads: Pads) -> list[jax.Array]:
@@ -80,7 +84,7 @@ def _shifted(x: jax.Array, kh: int, kw: int, pads: Pads) -> list[jax.Array]:
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   ho = xp.shape[1] - kh + 1
   wo = xp.shape[2] - kw + 1
-  return [xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
+  return [xp[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)]
 
 
 def _patches(x: jax.Array, kh: int, kw: int, pads: Pads) -> jax.Array:
@@ -107,7 +111,7 @@ def _direct_forward(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
   y = None
   for t, xt in enumerate(_shifted(x, kh, kw, pads)):
     for c in range(cin):
-      term = xt[..., c:c + 1] * taps[t, c]  # (B, Ho, Wo, 1) * (Cout,)
+      term = xt[..., c : c + 1] * taps[t, c]  # (B, Ho, Wo, 1) * (Cout,)
       y = term if y is None else y + term
   return y
 
@@ -129,7 +133,8 @@ def _direct_conv_bwd(pads, res, g):
   # image layer, so XLA drops it) through the im2col form.
   dk = jnp.einsum("bhwk,bhwo->ko", _patches(x, kh, kw, pads), g).reshape(kernel.shape)
   _, vjp = jax.vjp(
-      lambda x: jnp.dot(_patches(x, kh, kw, pads), kernel.reshape(kh * kw * cin, cout)), x)
+      lambda x: jnp.dot(_patches(x, kh, kw, pads), kernel.reshape(kh * kw * cin, cout)), x
+  )
   return vjp(g)[0], dk
 
 
@@ -144,6 +149,7 @@ DIRECT_MAX_CHANNELS = 4
 
 class _Winograd(NamedTuple):
   """Matrices of Winograd's F(m x m, 3x3): Y = A^T [(G g G^T) * (B^T d B)] A."""
+
   m: int  # output tile size; input tiles are m + 2
   bt: np.ndarray  # (m + 2, m + 2)
   g: np.ndarray  # (m + 2, 3)
@@ -154,31 +160,40 @@ class _Winograd(NamedTuple):
 F2 = _Winograd(
     2,
     np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
-    np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64),
-    np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64))
+    np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+    np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+)
 
 # F(4x4, 3x3), points 0, 1, -1, 2, -2, infinity: 4x fewer multiplications.
 F4 = _Winograd(
     4,
-    np.array([
-        [4, 0, -5, 0, 1, 0],
-        [0, -4, -4, 1, 1, 0],
-        [0, 4, -4, -1, 1, 0],
-        [0, -2, -1, 2, 1, 0],
-        [0, 2, -1, -2, 1, 0],
-        [0, 4, 0, -5, 0, 1]], np.float64),
-    np.array([
-        [1 / 4, 0, 0],
-        [-1 / 6, -1 / 6, -1 / 6],
-        [-1 / 6, 1 / 6, -1 / 6],
-        [1 / 24, 1 / 12, 1 / 6],
-        [1 / 24, -1 / 12, 1 / 6],
-        [0, 0, 1]], np.float64),
-    np.array([
-        [1, 1, 1, 1, 1, 0],
-        [0, 1, -1, 2, -2, 0],
-        [0, 1, 1, 4, 4, 0],
-        [0, 1, -1, 8, -8, 1]], np.float64))
+    np.array(
+        [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        np.float64,
+    ),
+    np.array(
+        [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ],
+        np.float64,
+    ),
+    np.array(
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+        np.float64,
+    ),
+)
 
 
 def _kron(mat: np.ndarray) -> np.ndarray:
@@ -206,10 +221,11 @@ def _tiles(t: _Winograd, x: jax.Array, th: int, tw: int) -> jax.Array:
 
   def windows(z, axis, n):
     # Size m (n + 1) along axis -> (n, m + 2): tile i covers m i ... m i + m + 1.
-    shape = z.shape[:axis] + (n, m) + z.shape[axis + 1:]
+    shape = z.shape[:axis] + (n, m) + z.shape[axis + 1 :]
     this = lax.slice_in_dim(z, 0, m * n, axis=axis).reshape(shape)
-    after = lax.slice_in_dim(lax.slice_in_dim(z, m, m * n + m, axis=axis).reshape(shape),
-                             0, 2, axis=axis + 1)
+    after = lax.slice_in_dim(
+        lax.slice_in_dim(z, m, m * n + m, axis=axis).reshape(shape), 0, 2, axis=axis + 1
+    )
     return jnp.concatenate([this, after], axis=axis + 1)
 
   tiles = windows(windows(xp, 1, th), 3, tw)  # (B, th, m + 2, tw, m + 2, C)
@@ -249,8 +265,9 @@ def _winograd_output(t: _Winograd, m: jax.Array, b: int, th: int, tw: int) -> ja
   return jnp.transpose(y, (2, 3, 0, 4, 1, 5)).reshape(b, t.m * th, t.m * tw, n)
 
 
-def _winograd_forward(t: _Winograd, v: jax.Array, kernel: jax.Array, b: int, h: int, w: int,
-                      adjoint: bool = False) -> jax.Array:
+def _winograd_forward(
+    t: _Winograd, v: jax.Array, kernel: jax.Array, b: int, h: int, w: int, adjoint: bool = False
+) -> jax.Array:
   """The 'SAME' 3x3 convolution of the input whose transformed tiles are ``v``; with
   ``adjoint``, with the kernel rotated by 180 degrees and its in/out channels swapped
   (the input gradient)."""
@@ -291,8 +308,9 @@ def _winograd_conv_bwd(t, res, g):
   tiles = _tiles(t, g, th, tw)
   middle = np.eye(t.m, t.m + 2, 1)  # (m, m + 2): picks rows 1 ... m of a padded tile
   dm = jnp.dot((_kron(t.at).T @ np.kron(middle, middle)).astype(np.float32), tiles)
-  dx = _winograd_forward(t, jnp.dot(_kron(t.bt), tiles).reshape(a2, b * th * tw, -1), kernel,
-                         b, h, w, adjoint=True)
+  dx = _winograd_forward(
+      t, jnp.dot(_kron(t.bt), tiles).reshape(a2, b * th * tw, -1), kernel, b, h, w, adjoint=True
+  )
   du = jnp.einsum("ptc,pto->pco", v, dm.reshape(a2, b * th * tw, -1))
   return dx, _winograd_kernel_transpose(t, du)
 
@@ -303,8 +321,12 @@ _winograd_conv.defvjp(_winograd_conv_fwd, _winograd_conv_bwd)
 def winograd_applies(kernel_shape: Sequence[int], padding: str, dtype) -> bool:
   """Whether ``conv2d_winograd`` uses Winograd's algorithm for this convolution."""
   kh, kw, cin, _ = kernel_shape
-  return ((kh, kw) == (3, 3) and padding == "SAME" and cin > DIRECT_MAX_CHANNELS
-          and jnp.dtype(dtype) in (jnp.float32, jnp.float64))
+  return (
+      (kh, kw) == (3, 3)
+      and padding == "SAME"
+      and cin > DIRECT_MAX_CHANNELS
+      and jnp.dtype(dtype) in (jnp.float32, jnp.float64)
+  )
 
 
 def conv2d_winograd(x: ArrayLike, kernel: ArrayLike, padding: str, tile: int = 4) -> jax.Array:
@@ -353,8 +375,10 @@ def conv2d(x: ArrayLike, kernel: ArrayLike, padding: str, impl: str = "auto") ->
   x = jnp.asarray(x)
   kernel = jnp.asarray(kernel)
   if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
-    raise ValueError(f"Conv expects x (B, H, W, C) and kernel (kh, kw, C, Cout); got x "
-                     f"{x.shape} and kernel {kernel.shape}.")
+    raise ValueError(
+        f"Conv expects x (B, H, W, C) and kernel (kh, kw, C, Cout); got x "
+        f"{x.shape} and kernel {kernel.shape}."
+    )
   _pads(padding, *kernel.shape[:2])  # validates padding
   impl = resolve_impl(impl, x.dtype)
   if impl == "xla":
@@ -373,6 +397,7 @@ class Conv(nn.Module):
     padding: 'SAME' or 'VALID'.
     impl: which formulation computes it; see ``IMPLS`` and the module docstring.
   """
+
   features: int
   kernel_size: Sequence[int] = (3, 3)
   padding: str = "SAME"
@@ -384,8 +409,9 @@ class Conv(nn.Module):
     if self.impl not in IMPLS:
       raise ValueError(f"Conv impl {self.impl!r} is not one of {IMPLS}.")
     kh, kw = self.kernel_size
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (kh, kw, x.shape[-1], self.features), jnp.float32)
+    kernel = self.param(
+        "kernel", nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features), jnp.float32
+    )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     y = conv2d(x, kernel.astype(x.dtype), self.padding, self.impl)
     return y + bias.astype(x.dtype)
@@ -397,7 +423,7 @@ def _window_view(x: jax.Array, window: tuple[int, int]) -> jax.Array:
   b, h, w, c = x.shape
   ph, pw = window
   ho, wo = h // ph, w // pw
-  return x[:, :ho * ph, :wo * pw].reshape(b, ho, ph, wo, pw, c)
+  return x[:, : ho * ph, : wo * pw].reshape(b, ho, ph, wo, pw, c)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -450,6 +476,8 @@ def max_pool(x: ArrayLike, window: Sequence[int]) -> jax.Array:
   """
   x = jnp.asarray(x)
   if x.ndim != 4 or len(window) != 2:
-    raise ValueError(f"max_pool expects x (B, H, W, C) and a 2-D window; got x {x.shape} "
-                     f"and window {window}.")
+    raise ValueError(
+        f"max_pool expects x (B, H, W, C) and a 2-D window; got x {x.shape} "
+        f"and window {window}."
+    )
   return _max_pool(x, (int(window[0]), int(window[1])))

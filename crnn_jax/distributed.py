@@ -36,9 +36,15 @@ def detect_cluster() -> str | None:
   return None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, num_cpu_devices: int | None = None,
-               heartbeat_timeout_seconds: int = 30, initialization_timeout: int = 120) -> bool:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    num_cpu_devices: int | None = None,
+    heartbeat_timeout_seconds: int = 30,
+    initialization_timeout: int = 120,
+) -> bool:
   """Joins the processes of a multi-process run; returns whether it is one.
 
   Args:
@@ -57,18 +63,26 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.config.update("jax_num_cpu_devices", int(num_cpu_devices))
   explicit = [coordinator_address, num_processes, process_id]
   if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
-    raise ValueError("Give all of --coordinator-address, --num-processes and --process-id "
-                     "for an explicit multi-process launch (or none of them).")
+    raise ValueError(
+        "Give all of --coordinator-address, --num-processes and --process-id "
+        "for an explicit multi-process launch (or none of them)."
+    )
   if all(v is not None for v in explicit):
     if num_processes == 1:
       return False
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               heartbeat_timeout_seconds=heartbeat_timeout_seconds,
-                               initialization_timeout=initialization_timeout)
+    jax.distributed.initialize(
+        coordinator_address,
+        num_processes,
+        process_id,
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+        initialization_timeout=initialization_timeout,
+    )
     return True
   if detect_cluster():
-    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds,
-                               initialization_timeout=initialization_timeout)
+    jax.distributed.initialize(
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+        initialization_timeout=initialization_timeout,
+    )
     return jax.process_count() > 1
   return False
 
@@ -95,19 +109,25 @@ def check_agreement(config) -> None:
   counts = collections.Counter(d.process_index for d in jax.devices())
   if len(set(counts.values())) > 1:
     rows = "; ".join(f"process {i}: local_devices={counts[i]}" for i in sorted(counts))
-    raise ValueError(f"The {jax.process_count()} processes disagree on ['local_devices'] "
-                     f"({rows}). Launch every process with the same config, overrides and "
-                     f"device count.")
+    raise ValueError(
+        f"The {jax.process_count()} processes disagree on ['local_devices'] "
+        f"({rows}). Launch every process with the same config, overrides and "
+        f"device count."
+    )
   mine = fingerprint(config)
   encoded = np.frombuffer(json.dumps(mine, sort_keys=True).encode().ljust(256), np.uint8)
   every = sharding.allgather(encoded)
   decoded = [json.loads(bytes(row).decode().strip()) for row in every]
   differ = {k for d in decoded for k in d if d[k] != decoded[0][k]}
   if differ:
-    rows = "; ".join(f"process {i}: " + ", ".join(f"{k}={d[k]}" for k in sorted(differ))
-                     for i, d in enumerate(decoded))
-    raise ValueError(f"The {len(decoded)} processes disagree on {sorted(differ)} ({rows}). "
-                     f"Launch every process with the same config, overrides and device count.")
+    rows = "; ".join(
+        f"process {i}: " + ", ".join(f"{k}={d[k]}" for k in sorted(differ))
+        for i, d in enumerate(decoded)
+    )
+    raise ValueError(
+        f"The {len(decoded)} processes disagree on {sorted(differ)} ({rows}). "
+        f"Launch every process with the same config, overrides and device count."
+    )
 
 
 def any_process(flag: bool) -> bool:

@@ -29,15 +29,21 @@ from crnn_jax.data import readers, specs
 from crnn_jax.recognizer import Recognizer
 
 # The numbers of one dataset, in the order they are printed.
-COLUMNS = (("n", "N", "{:d}"), ("word_acc", "word_acc", "{:.4f}"),
-           ("word_acc_ci", "word_acc_ci", "{:.4f}"), ("cer", "CER", "{:.4f}"),
-           ("ned", "1-NED", "{:.4f}"), ("confidence", "conf", "{:.4f}"),
-           ("images_per_s", "images/s", "{:.1f}"))
+COLUMNS = (
+    ("n", "N", "{:d}"),
+    ("word_acc", "word_acc", "{:.4f}"),
+    ("word_acc_ci", "word_acc_ci", "{:.4f}"),
+    ("cer", "CER", "{:.4f}"),
+    ("ned", "1-NED", "{:.4f}"),
+    ("confidence", "conf", "{:.4f}"),
+    ("images_per_s", "images/s", "{:.1f}"),
+)
 
 
 @dataclasses.dataclass
 class Mistake:
   """One wrong prediction: the preprocessed image, what it says, what was read."""
+
   image: np.ndarray  # (H, w) uint8
   truth: str
   prediction: str
@@ -63,6 +69,7 @@ class DatasetResult:
     unknown_labels: usable examples whose label has characters outside the charset.
     mistakes: the worst mistakes, worst first.
   """
+
   spec: str
   metrics: dict
   report: labels_lib.DataReport
@@ -70,8 +77,9 @@ class DatasetResult:
   mistakes: list = dataclasses.field(default_factory=list)
 
 
-def evaluate_source(recognizer: Recognizer, source: readers.Source, *, num_mistakes: int = 32,
-                    chunk: int = 512) -> DatasetResult:
+def evaluate_source(
+    recognizer: Recognizer, source: readers.Source, *, num_mistakes: int = 32, chunk: int = 512
+) -> DatasetResult:
   """Evaluates ``recognizer`` on every usable example of ``source``.
 
   Args:
@@ -136,9 +144,11 @@ def evaluate_source(recognizer: Recognizer, source: readers.Source, *, num_mista
 
 def evaluate(recognizer: Recognizer, spec: str, **kwargs) -> DatasetResult:
   """``evaluate_source`` on the dataset named by ``spec`` (see ``specs.open_source``)."""
-  source = specs.open_source(spec, height=recognizer.height,
-                               charset=recognizer.charset.chars if spec.startswith("synth:")
-                               else None)
+  source = specs.open_source(
+      spec,
+      height=recognizer.height,
+      charset=recognizer.charset.chars if spec.startswith("synth:") else None,
+  )
   result = evaluate_source(recognizer, source, **kwargs)
   result.spec = spec  # as the caller wrote it (the source may spell it out)
   return result
@@ -160,8 +170,9 @@ def to_json(results: Sequence[DatasetResult]) -> dict:
   unknown_labels}}`` with plain Python numbers."""
   out = {}
   for r in results:
-    entry = {key: (int(r.metrics[key]) if key == "n" else float(r.metrics[key]))
-             for key, _, _ in COLUMNS}
+    entry = {
+        key: (int(r.metrics[key]) if key == "n" else float(r.metrics[key])) for key, _, _ in COLUMNS
+    }
     entry["skipped"] = int(sum(r.report.skipped.values()))
     entry["unknown_labels"] = int(r.unknown_labels)
     out[r.spec] = entry
@@ -171,5 +182,7 @@ def to_json(results: Sequence[DatasetResult]) -> dict:
 def errors_image(mistakes: Sequence[Mistake]) -> np.ndarray:
   """A grid of mistakes (image, truth, prediction with its confidence) as an RGB array."""
   from crnn_jax import report
+
   return report.predictions_image(
-      [(m.image, m.truth, f"{m.prediction}  ({m.confidence:.2f})") for m in mistakes])
+      [(m.image, m.truth, f"{m.prediction}  ({m.confidence:.2f})") for m in mistakes]
+  )

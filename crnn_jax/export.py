@@ -36,9 +36,13 @@ MODEL_FILE = "model.jax_exported"
 META_FILE = "meta.json"
 
 
-def export_recognizer(recognizer: Recognizer, *, platforms: Sequence[str] | None = None,
-                      conv_impl: str | None = None,
-                      compute_dtype: str | None = None) -> jax.export.Exported:
+def export_recognizer(
+    recognizer: Recognizer,
+    *,
+    platforms: Sequence[str] | None = None,
+    conv_impl: str | None = None,
+    compute_dtype: str | None = None,
+) -> jax.export.Exported:
   """Exports ``recognizer``'s model and greedy decoding with symbolic batch and width.
 
   Args:
@@ -64,8 +68,13 @@ def export_recognizer(recognizer: Recognizer, *, platforms: Sequence[str] | None
     # uint8 in: the model scales pixels exactly as in training.
     logits, logit_paddings = model.apply(variables, images, widths, train=False)
     greedy = decode_lib.greedy_decode(logits, logit_paddings, blank_id=charset_lib.BLANK_ID)
-    return {"logits": logits, "logit_paddings": logit_paddings, "tokens": greedy.tokens,
-            "lengths": greedy.lengths, "scores": greedy.scores}
+    return {
+        "logits": logits,
+        "logit_paddings": logit_paddings,
+        "tokens": greedy.tokens,
+        "lengths": greedy.lengths,
+        "scores": greedy.scores,
+    }
 
   # A width of 4*w pixels gives w-1 frames; w >= 2 keeps at least one frame.
   b, w = jax.export.symbolic_shape("b, w", constraints=("w >= 2",))
@@ -74,8 +83,12 @@ def export_recognizer(recognizer: Recognizer, *, platforms: Sequence[str] | None
   return jax.export.export(jax.jit(infer), platforms=platforms)(images, widths)
 
 
-def export_meta(recognizer: Recognizer, exported: jax.export.Exported,
-                conv_impl: str | None = None, compute_dtype: str | None = None) -> dict:
+def export_meta(
+    recognizer: Recognizer,
+    exported: jax.export.Exported,
+    conv_impl: str | None = None,
+    compute_dtype: str | None = None,
+) -> dict:
   """What a loader needs besides the function: preprocessing, charset, the contract."""
   meta = {
       "format": FORMAT,
@@ -89,20 +102,31 @@ def export_meta(recognizer: Recognizer, exported: jax.export.Exported,
       "resize_mode": recognizer.resize_mode,
       "platforms": list(exported.platforms),
       "conv_impl": conv_impl or recognizer.model.conv_impl,
-      "compute_dtype": (models.resolve_compute_dtype(compute_dtype) if compute_dtype
-                        else jnp.dtype(recognizer.model.dtype)).name,
-      "inputs": {"images": "(b, height, W) uint8, W a multiple of width_multiple, "
-                           "grayscale 0-255, zero-padded on the right",
-                 "widths": "(b,) int32 valid width of each image"},
-      "outputs": {"logits": "(b, W/4-1, K) float32", "logit_paddings": "(b, W/4-1), 1.0 = pad",
-                  "tokens": "(b, W/4-1) int32 greedy label ids (id i = charset[i-1]), -1 pad",
-                  "lengths": "(b,) int32", "scores": "(b,) float32 log P(best path)"},
+      "compute_dtype": (
+          models.resolve_compute_dtype(compute_dtype)
+          if compute_dtype
+          else jnp.dtype(recognizer.model.dtype)
+      ).name,
+      "inputs": {
+          "images": "(b, height, W) uint8, W a multiple of width_multiple, "
+          "grayscale 0-255, zero-padded on the right",
+          "widths": "(b,) int32 valid width of each image",
+      },
+      "outputs": {
+          "logits": "(b, W/4-1, K) float32",
+          "logit_paddings": "(b, W/4-1), 1.0 = pad",
+          "tokens": "(b, W/4-1) int32 greedy label ids (id i = charset[i-1]), -1 pad",
+          "lengths": "(b,) int32",
+          "scores": "(b,) float32 log P(best path)",
+      },
       "jax_version": jax.__version__,
   }
   if recognizer.checkpoint is not None:
-    meta["checkpoint"] = {"path": recognizer.checkpoint.where,
-                          "step": recognizer.checkpoint.step,
-                          "model": recognizer.checkpoint.meta.get("model")}
+    meta["checkpoint"] = {
+        "path": recognizer.checkpoint.where,
+        "step": recognizer.checkpoint.step,
+        "model": recognizer.checkpoint.meta.get("model"),
+    }
   return meta
 
 
@@ -125,22 +149,32 @@ def load(directory: str) -> tuple[jax.export.Exported, dict]:
     with open(os.path.join(directory, META_FILE), encoding="utf-8") as f:
       meta = json.load(f)
     if meta.get("format") != FORMAT:
-      raise ValueError(f"{directory!r} holds format {meta.get('format')!r}; expected "
-                       f"{FORMAT!r}.")
+      raise ValueError(
+          f"{directory!r} holds format {meta.get('format')!r}; expected " f"{FORMAT!r}."
+      )
     with open(os.path.join(directory, MODEL_FILE), "rb") as f:
       exported = jax.export.deserialize(bytearray(f.read()))
   except FileNotFoundError as e:
-    raise ValueError(f"{directory!r} is not an exported model: {e.filename} is missing. "
-                     f"Write one with scripts/export.py.") from None
+    raise ValueError(
+        f"{directory!r} is not an exported model: {e.filename} is missing. "
+        f"Write one with scripts/export.py."
+    ) from None
   return exported, meta
 
 
-def export_checkpoint(path: str, directory: str, *, platforms: Sequence[str] | None = None,
-                      conv_impl: str | None = None, compute_dtype: str | None = None) -> dict:
+def export_checkpoint(
+    path: str,
+    directory: str,
+    *,
+    platforms: Sequence[str] | None = None,
+    conv_impl: str | None = None,
+    compute_dtype: str | None = None,
+) -> dict:
   """Exports the checkpoint at ``path`` into ``directory``; returns the meta written."""
   recognizer = Recognizer.from_checkpoint(path)
-  exported = export_recognizer(recognizer, platforms=platforms, conv_impl=conv_impl,
-                               compute_dtype=compute_dtype)
+  exported = export_recognizer(
+      recognizer, platforms=platforms, conv_impl=conv_impl, compute_dtype=compute_dtype
+  )
   meta = export_meta(recognizer, exported, conv_impl, compute_dtype)
   save(directory, exported, meta)
   return meta

@@ -37,8 +37,9 @@ def to_gray(image) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 1:
       arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-      raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); "
-                       f"got shape {arr.shape}.")
+      raise ValueError(
+          f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); " f"got shape {arr.shape}."
+      )
     if arr.dtype != np.uint8:
       scale = 255.0 if arr.dtype.kind == "f" and arr.size and float(arr.max()) <= 1.0 else 1.0
       arr = np.clip(np.asarray(arr, np.float32) * scale, 0, 255).round().astype(np.uint8)
@@ -72,8 +73,10 @@ class ExportedRecognizer:
     with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
       self.meta = json.load(f)
     if self.meta.get("format") != FORMAT:
-      raise ValueError(f"{directory!r} holds format {self.meta.get('format')!r}; "
-                       f"this loader reads {FORMAT!r}.")
+      raise ValueError(
+          f"{directory!r} holds format {self.meta.get('format')!r}; "
+          f"this loader reads {FORMAT!r}."
+      )
     with open(os.path.join(directory, "model.jax_exported"), "rb") as f:
       self.exported = jax.export.deserialize(bytearray(f.read()))
     self.batch_size = batch_size
@@ -81,8 +84,13 @@ class ExportedRecognizer:
 
   def preprocess(self, image) -> np.ndarray:
     m = self.meta
-    return resize(image, height=m["height"], max_width=self.buckets[-1],
-                  mode=m["resize_mode"], min_width=m["min_width"])
+    return resize(
+        image,
+        height=m["height"],
+        max_width=self.buckets[-1],
+        mode=m["resize_mode"],
+        min_width=m["min_width"],
+    )
 
   def run(self, images: np.ndarray, widths: np.ndarray) -> dict:
     """The exported function on a padded batch: ``images (B, H, W) uint8``, ``widths (B,)``."""
@@ -102,15 +110,15 @@ class ExportedRecognizer:
       groups.setdefault(next(w for w in self.buckets if w >= a.shape[1]), []).append(i)
     for width, rows in sorted(groups.items()):
       for start in range(0, len(rows), self.batch_size):
-        chunk = rows[start:start + self.batch_size]
+        chunk = rows[start : start + self.batch_size]
         batch = np.zeros((self.batch_size, self.meta["height"], width), np.uint8)
         widths = np.zeros((self.batch_size,), np.int32)
         for j, i in enumerate(chunk):
-          batch[j, :, :arrays[i].shape[1]] = arrays[i]
+          batch[j, :, : arrays[i].shape[1]] = arrays[i]
           widths[j] = arrays[i].shape[1]
         r = self.run(batch, widths)
         for j, i in enumerate(chunk):
-          ids = r["tokens"][j, :r["lengths"][j]]
+          ids = r["tokens"][j, : r["lengths"][j]]
           out[i] = ("".join(chars[k - 1] for k in ids), float(np.exp(r["scores"][j])))
     return out
 

@@ -39,7 +39,8 @@ def require(extra: str, feature: str) -> None:
   if absent:
     raise MissingExtraError(
         f"{feature} needs the [{extra}] extra ({', '.join(absent)} not installed): "
-        f"pip install 'crnn-jax[{extra}]'")
+        f"pip install 'crnn-jax[{extra}]'"
+    )
 
 
 def _importable(module: str) -> bool:

@@ -31,8 +31,9 @@ def _split(shapes: dict) -> tuple[dict, dict]:
   return head, {k: v for k, v in shapes.items() if k not in head}
 
 
-def init_from(state, path: str, charset: charset_lib.Charset, *,
-              log: Callable[[str], None] = print):
+def init_from(
+    state, path: str, charset: charset_lib.Charset, *, log: Callable[[str], None] = print
+):
   """A copy of ``state`` whose weights come from the checkpoint or weights file at ``path``.
 
   Args:
@@ -62,7 +63,8 @@ def init_from(state, path: str, charset: charset_lib.Charset, *,
       raise ValueError(
           f"init_from: {e}\nOnly the output layer may differ when fine-tuning. The "
           f"{loaded.kind} was trained with model config {loaded.meta.get('model')}; set "
-          f"model.conv_features, model.lstm_hidden and model.lstm_layers to match it.") from None
+          f"model.conv_features, model.lstm_hidden and model.lstm_layers to match it."
+      ) from None
   saved_stats = ckpt_lib.param_shapes(loaded.variables["batch_stats"])
   new_stats = ckpt_lib.param_shapes(state.batch_stats)
   if saved_stats != new_stats:
@@ -75,38 +77,53 @@ def init_from(state, path: str, charset: charset_lib.Charset, *,
     params = dict(params)
     params[OUTPUT_LAYER] = jax.device_get(state.params[OUTPUT_LAYER])
   params = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), params, state.params)
-  batch_stats = jax.tree.map(lambda new, old: np.asarray(new, old.dtype),
-                             jax.device_get(loaded.variables["batch_stats"]), state.batch_stats)
+  batch_stats = jax.tree.map(
+      lambda new, old: np.asarray(new, old.dtype),
+      jax.device_get(loaded.variables["batch_stats"]),
+      state.batch_stats,
+  )
 
   shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
   params = jax.device_put(params, shardings(state.params))
   batch_stats = jax.device_put(batch_stats, shardings(state.batch_stats))
   opt_state = jax.jit(state.tx.init, out_shardings=shardings(state.opt_state))(params)
   step = state.step
-  step = (jax.device_put(np.zeros(np.shape(step), np.asarray(step).dtype), step.sharding)
-          if isinstance(step, jax.Array) else 0)
+  step = (
+      jax.device_put(np.zeros(np.shape(step), np.asarray(step).dtype), step.sharding)
+      if isinstance(step, jax.Array)
+      else 0
+  )
 
-  body_count = sum(models.count_params(v) for k, v in loaded.variables["params"].items()
-                   if k != OUTPUT_LAYER)
+  body_count = sum(
+      models.count_params(v) for k, v in loaded.variables["params"].items() if k != OUTPUT_LAYER
+  )
   kept = ", ".join(k for k in params if k != OUTPUT_LAYER)
-  log(f"init_from {loaded.where} (trained {loaded.step} steps): kept {body_count:,} "
-      f"parameters ({kept}) and the BatchNorm statistics; optimiser state fresh, step 0.")
+  log(
+      f"init_from {loaded.where} (trained {loaded.step} steps): kept {body_count:,} "
+      f"parameters ({kept}) and the BatchNorm statistics; optimiser state fresh, step 0."
+  )
   if keep_head:
-    log(f"init_from: same charset ({len(charset)} characters): output layer "
-        f"'{OUTPUT_LAYER}' kept.")
+    log(
+        f"init_from: same charset ({len(charset)} characters): output layer "
+        f"'{OUTPUT_LAYER}' kept."
+    )
   else:
     kernel = OUTPUT_LAYER + "/kernel"
     added = "".join(c for c in charset.chars if c not in loaded.charset.chars)
     dropped = "".join(c for c in loaded.charset.chars if c not in charset.chars)
-    log(f"init_from: charset differs (checkpoint {len(loaded.charset)} characters "
+    log(
+        f"init_from: charset differs (checkpoint {len(loaded.charset)} characters "
         f"{_short(loaded.charset.chars)}, this run {len(charset)} {_short(charset.chars)}"
         + (f"; new: {_short(added)}" if added else "")
         + (f"; dropped: {_short(dropped)}" if dropped else "")
         + f"): output layer '{OUTPUT_LAYER}' re-initialised "
-        f"({saved_head.get(kernel)} -> {new_head.get(kernel)}).")
+        f"({saved_head.get(kernel)} -> {new_head.get(kernel)})."
+    )
   if loaded.charset.case_fold != charset.case_fold:
-    log(f"init_from: note: case_fold was {loaded.charset.case_fold} in the {loaded.kind}, "
-        f"{charset.case_fold} now.")
+    log(
+        f"init_from: note: case_fold was {loaded.charset.case_fold} in the {loaded.kind}, "
+        f"{charset.case_fold} now."
+    )
   return state.replace(step=step, params=params, batch_stats=batch_stats, opt_state=opt_state)
 
 

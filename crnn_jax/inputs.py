@@ -33,19 +33,29 @@ _WIDTH_SAMPLE = 256
 _TEXT_SAMPLE = 4096
 
 
-def _open(spec: str, config: ml_collections.ConfigDict,
-          charset: charset_lib.Charset) -> readers.Source:
-  return specs.open_source(spec, height=config.model.height,
-                             charset=charset.chars if spec.startswith("synth:") else None)
+def _open(
+    spec: str, config: ml_collections.ConfigDict, charset: charset_lib.Charset
+) -> readers.Source:
+  return specs.open_source(
+      spec, height=config.model.height, charset=charset.chars if spec.startswith("synth:") else None
+  )
 
 
-def _index(source: readers.Source, config, charset, *, cache: bool | None = None
-           ) -> index_lib.Index:
+def _index(
+    source: readers.Source, config, charset, *, cache: bool | None = None
+) -> index_lib.Index:
   d = config.data
   return index_lib.build_index(
-      source, charset=charset, height=config.model.height, width_buckets=d.width_buckets,
-      resize_mode=d.resize_mode, unknown_chars=d.unknown_chars,
-      process_index=jax.process_index(), process_count=jax.process_count(), cache=cache)
+      source,
+      charset=charset,
+      height=config.model.height,
+      width_buckets=d.width_buckets,
+      resize_mode=d.resize_mode,
+      unknown_chars=d.unknown_chars,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      cache=cache,
+  )
 
 
 def _describe(report: labels_lib.DataReport, what: str, seconds: float) -> tuple[str, int]:
@@ -53,13 +63,16 @@ def _describe(report: labels_lib.DataReport, what: str, seconds: float) -> tuple
   usable = int(sharding.allgather(report.usable).sum())
   total = int(sharding.allgather(report.total).sum())
   many = jax.process_count() > 1
-  return (f"{what}: {report.describe()}"
-          + (f" [this process; {usable} of {total} over all]" if many else "")
-          + f" ({seconds:.1f}s)"), usable
+  return (
+      f"{what}: {report.describe()}"
+      + (f" [this process; {usable} of {total} over all]" if many else "")
+      + f" ({seconds:.1f}s)"
+  ), usable
 
 
-def _rendered_buckets(source: readers.Source, config, charset, widths: list,
-                      frames: list) -> tuple[np.ndarray, np.ndarray]:
+def _rendered_buckets(
+    source: readers.Source, config, charset, widths: list, frames: list
+) -> tuple[np.ndarray, np.ndarray]:
   """(P(bucket | text length), share of each bucket) for a rendered source.
 
   Rendered words are not indexed, so their widths are unknown until they are drawn. A
@@ -76,14 +89,18 @@ def _rendered_buckets(source: readers.Source, config, charset, widths: list,
     ids = labels_lib.check_label(text, charset, frames[-1])
     if isinstance(ids, tuple):
       continue
-    img = preprocess.resize(image, height=config.model.height, max_width=widths[-1],
-                            mode=config.data.resize_mode)
-    img = preprocess.fit(img, widths[-1], labels_lib.required_frames(ids),
-                         mode=config.data.resize_mode)
+    img = preprocess.resize(
+        image, height=config.model.height, max_width=widths[-1], mode=config.data.resize_mode
+    )
+    img = preprocess.fit(
+        img, widths[-1], labels_lib.required_frames(ids), mode=config.data.resize_mode
+    )
     votes[min(len(text), 63), next(b for b, w in enumerate(widths) if w >= img.shape[1])] += 1
   if not votes.sum():
-    raise ValueError(f"data.train member {source.spec!r}: none of {_WIDTH_SAMPLE} rendered "
-                     f"words is usable with this charset and these width buckets.")
+    raise ValueError(
+        f"data.train member {source.spec!r}: none of {_WIDTH_SAMPLE} rendered "
+        f"words is usable with this charset and these width buckets."
+    )
   seen = np.flatnonzero(votes.sum(axis=1))
   # Unseen lengths take the nearest seen length's distribution.
   near = seen[np.argmin(np.abs(seen[None, :] - np.arange(64)[:, None]), axis=1)]
@@ -93,8 +110,9 @@ def _rendered_buckets(source: readers.Source, config, charset, widths: list,
   return by_length, shares / shares.sum()
 
 
-def train_loader(config: ml_collections.ConfigDict, charset: charset_lib.Charset, *,
-                 log: Callable[[str], None]) -> loader_lib.TrainLoader:
+def train_loader(
+    config: ml_collections.ConfigDict, charset: charset_lib.Charset, *, log: Callable[[str], None]
+) -> loader_lib.TrainLoader:
   """The training loader for ``config.data.train`` (a spec or a mixture of specs).
 
   One indexed source trains in epochs (``plan.EpochPlan``); a mixture or a rendered
@@ -117,8 +135,10 @@ def train_loader(config: ml_collections.ConfigDict, charset: charset_lib.Charset
       shares.append(share)
       sizes.append(np.zeros(len(widths), np.int64))
       lengths.append(plan.ENDLESS if getattr(source, "endless", False) else len(source))
-      log(f"train data: {m.spec}: rendered while training"
-          + ("" if lengths[-1] == plan.ENDLESS else f", {len(source)} words"))
+      log(
+          f"train data: {m.spec}: rendered while training"
+          + ("" if lengths[-1] == plan.ENDLESS else f", {len(source)} words")
+      )
       continue
     idx = _index(source, config, charset)
     line, usable = _describe(idx.report, "train data", time.time() - t0)
@@ -138,37 +158,65 @@ def train_loader(config: ml_collections.ConfigDict, charset: charset_lib.Charset
     idx = idx.merge_up(sharding.allgather(idx.counts()).min(axis=0), per_host)
     feeds[0].index = idx
     widths, frames = idx.widths, idx.frames
-    batch_plan = plan.EpochPlan(idx.counts(), per_host, config.train.seed,
-                                sharding.allgather(idx.counts()).min(axis=0), members[0].spec)
-    log("train buckets (width: examples): "
+    batch_plan = plan.EpochPlan(
+        idx.counts(),
+        per_host,
+        config.train.seed,
+        sharding.allgather(idx.counts()).min(axis=0),
+        members[0].spec,
+    )
+    log(
+        "train buckets (width: examples): "
         + ", ".join(f"{w}: {len(m)}" for w, m in zip(idx.widths, idx.members))
-        + f"; {batch_plan.steps_per_epoch} steps per epoch")
+        + f"; {batch_plan.steps_per_epoch} steps per epoch"
+    )
   else:
     shares = np.stack(shares)
     for m, s in zip(members, shares):
       if not s.sum():
-        raise ValueError(f"data.train member {m.spec!r} has no usable example in every "
-                         f"process.")
+        raise ValueError(
+            f"data.train member {m.spec!r} has no usable example in every " f"process."
+        )
     batch_plan = plan.SamplingPlan(
-        [m.weight for m in members], shares, np.stack(sizes), lengths,
-        batch_size=per_host, seed=config.train.seed, process_index=jax.process_index(),
-        process_count=jax.process_count())
-    log("train mixture (share of rows, expected): " + ", ".join(
-        f"{m.spec} {s:.1%}" for m, s in zip(members, batch_plan.expected_shares))
-        + "; width buckets " + ", ".join(
-            f"{w}: {p:.1%}" for w, p in zip(widths, batch_plan.bucket_probs)))
+        [m.weight for m in members],
+        shares,
+        np.stack(sizes),
+        lengths,
+        batch_size=per_host,
+        seed=config.train.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    log(
+        "train mixture (share of rows, expected): "
+        + ", ".join(f"{m.spec} {s:.1%}" for m, s in zip(members, batch_plan.expected_shares))
+        + "; width buckets "
+        + ", ".join(f"{w}: {p:.1%}" for w, p in zip(widths, batch_plan.bucket_probs))
+    )
   # Batches of cached examples cost only their assembly: worker processes pay off where
   # examples are rendered, read from disk or augmented.
   busy = d.augment > 0 or any(f.index is None or f.index.cache is None for f in feeds)
   workers = int(d.num_workers) if busy else 0
-  log(f"train input: {workers} worker process(es)"
+  log(
+      f"train input: {workers} worker process(es)"
       + ("" if busy else " (cached data, nothing to render, read or augment)")
-      + f", augmentation strength {d.augment}")
+      + f", augmentation strength {d.augment}"
+  )
   return loader_lib.TrainLoader(
-      feeds, batch_plan, widths=widths, frames=frames, batch_size=per_host, charset=charset,
-      height=config.model.height, resize_mode=d.resize_mode, augment=d.augment,
-      seed=config.train.seed, process_index=jax.process_index(), num_workers=workers,
-      log=log)
+      feeds,
+      batch_plan,
+      widths=widths,
+      frames=frames,
+      batch_size=per_host,
+      charset=charset,
+      height=config.model.height,
+      resize_mode=d.resize_mode,
+      augment=d.augment,
+      seed=config.train.seed,
+      process_index=jax.process_index(),
+      num_workers=workers,
+      log=log,
+  )
 
 
 def member_names(specs: list) -> list:
@@ -176,8 +224,7 @@ def member_names(specs: list) -> list:
   names = []
   for spec in specs:
     kind, _, rest = spec.partition(":")
-    head, opts = rest.split(",")[0], dict(
-        o.split("=", 1) for o in rest.split(",")[1:] if "=" in o)
+    head, opts = rest.split(",")[0], dict(o.split("=", 1) for o in rest.split(",")[1:] if "=" in o)
     if "include" in opts:
       name = os.path.splitext(os.path.basename(opts["include"]))[0]
     elif kind in ("tsv", "lmdb", "mjsynth"):
@@ -210,8 +257,13 @@ class EvalSets:
   counts there, in the main thread.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, charset: charset_lib.Charset, *,
-               log: Callable[[str], None]):
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      charset: charset_lib.Charset,
+      *,
+      log: Callable[[str], None],
+  ):
     members = mixture.parse(config.data.eval, what="data.eval", weights=False)
     self.specs = [m.spec for m in members]
     self.names = member_names(self.specs)

@@ -35,6 +35,7 @@ class Loaded:
     kind: ``'checkpoint'``, ``'weights'`` (a weights file) or ``'pretrained'`` (the
       shipped weights file).
   """
+
   model: models.CRNN
   variables: dict
   charset: charset_lib.Charset
@@ -45,8 +46,11 @@ class Loaded:
 
   def describe(self) -> str:
     """One line naming the model, e.g. for the scripts to print which one they use."""
-    what = {"checkpoint": "checkpoint", "weights": "weights file",
-            "pretrained": "pretrained model"}.get(self.kind, self.kind)
+    what = {
+        "checkpoint": "checkpoint",
+        "weights": "weights file",
+        "pretrained": "pretrained model",
+    }.get(self.kind, self.kind)
     return f"{what} {self.where} (step {self.step})"
 
 
@@ -80,12 +84,17 @@ def load_checkpoint(path: str, *, device: jax.Device | None = None) -> Loaded:
   one = jax.sharding.SingleDeviceSharding(device)
   # No target tree: the optimiser's structure is not in the metadata. The fallback
   # sharding applies when the saved device layout does not exist in this process.
-  state = ckpt_lib.guarded_read(lambda: manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(fallback_sharding=one)))["state"], where)
+  state = ckpt_lib.guarded_read(
+      lambda: manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=one))
+      )["state"],
+      where,
+  )
   # Every array, optimiser state included: a damaged file anywhere means a damaged copy.
   ckpt_lib.verify(state, meta, where)
   variables = jax.device_put(
-      {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, one)
+      {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, one
+  )
   model, charset = model_from_meta(meta)
   return Loaded(model, variables, charset, meta, step, where)
 
@@ -107,8 +116,9 @@ def load_weights_file(path: str, *, device: jax.Device | None = None) -> Loaded:
   kind = "pretrained" if path == weights_lib.PRETRAINED else "weights"
   path = weights_lib.resolve(path)
   variables, meta = weights_lib.load_weights(path)
-  variables = jax.device_put(variables, jax.sharding.SingleDeviceSharding(
-      device or jax.devices()[0]))
+  variables = jax.device_put(
+      variables, jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  )
   model, charset = model_from_meta(meta)
   return Loaded(model, variables, charset, meta, int(meta.get("step", 0)), path, kind)
 

@@ -31,9 +31,15 @@ def required_frames(labels: ArrayLike, label_paddings: ArrayLike) -> jax.Array:
   return (length + repeats).astype(jnp.int32)
 
 
-def ctc_loss(logits: ArrayLike, logit_paddings: ArrayLike, labels: ArrayLike,
-             label_paddings: ArrayLike, *, blank_id: int = 0,
-             example_mask: ArrayLike | None = None):
+def ctc_loss(
+    logits: ArrayLike,
+    logit_paddings: ArrayLike,
+    labels: ArrayLike,
+    label_paddings: ArrayLike,
+    *,
+    blank_id: int = 0,
+    example_mask: ArrayLike | None = None,
+):
   """Mean CTC loss over the examples that can be aligned.
 
   Args:
@@ -56,11 +62,11 @@ def ctc_loss(logits: ArrayLike, logit_paddings: ArrayLike, labels: ArrayLike,
   label_paddings = jnp.asarray(label_paddings, jnp.float32)
   frames = (logit_paddings < 0.5).sum(axis=1)
   feasible = required_frames(labels, label_paddings) <= frames
-  present = jnp.ones(feasible.shape, bool) if example_mask is None else (
-      jnp.asarray(example_mask) > 0)
+  present = (
+      jnp.ones(feasible.shape, bool) if example_mask is None else (jnp.asarray(example_mask) > 0)
+  )
   usable = feasible & present
-  per_example = optax.ctc_loss(logits, logit_paddings, labels, label_paddings,
-                               blank_id=blank_id)
+  per_example = optax.ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=blank_id)
   # Rounding can leave a perfectly predicted example at a tiny negative value.
   per_example = jnp.where(usable, jnp.maximum(per_example, 0.0), 0.0)
   num_usable = usable.sum()

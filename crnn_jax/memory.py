@@ -35,5 +35,8 @@ def reuse_freed_memory() -> bool:
     libc = ctypes.CDLL("libc.so.6")
   except OSError:
     return False
-  return bool(libc.mallopt(_M_ARENA_MAX, 1) and libc.mallopt(_M_MMAP_MAX, 0)
-              and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+  return bool(
+      libc.mallopt(_M_ARENA_MAX, 1)
+      and libc.mallopt(_M_MMAP_MAX, 0)
+      and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+  )

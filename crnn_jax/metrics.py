@@ -18,8 +18,7 @@ import numpy as np
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 
 # The order of the sums in a metrics vector (so they can be all-reduced as one array).
-FIELDS = ("n", "correct", "correct_ci", "edits", "ref_chars", "ned_sum", "confidence_sum",
-          "empty")
+FIELDS = ("n", "correct", "correct_ci", "edits", "ref_chars", "ned_sum", "confidence_sum", "empty")
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
@@ -40,8 +39,9 @@ def benchmark_normalize(text: str) -> str:
   return _NOT_ALNUM.sub("", text.lower())
 
 
-def sums(truths: Sequence[str], preds: Sequence[str],
-         confidences: Sequence[float] | None = None) -> np.ndarray:
+def sums(
+    truths: Sequence[str], preds: Sequence[str], confidences: Sequence[float] | None = None
+) -> np.ndarray:
   """Metric sums over a set of (truth, prediction) pairs, in ``FIELDS`` order."""
   if len(truths) != len(preds):
     raise ValueError(f"truths ({len(truths)}) and preds ({len(preds)}) differ in length.")
@@ -79,8 +79,10 @@ def empty_hint(result: dict) -> str | None:
   """Why most predictions may be empty, when they are; else None."""
   if result.get("empty_frac", 0.0) < 0.5:
     return None
-  return (f"{result['empty_frac']:.0%} of predictions are empty: the model still emits only "
-          f"the CTC blank. Early in training this is normal (CTC learns blanks first; text "
-          f"appears after a few hundred steps). If it persists, check that the labels match "
-          f"the images, that the learning rate is not too high (loss stuck or NaN), and that "
-          f"evaluation uses the charset the model was trained with.")
+  return (
+      f"{result['empty_frac']:.0%} of predictions are empty: the model still emits only "
+      f"the CTC blank. Early in training this is normal (CTC learns blanks first; text "
+      f"appears after a few hundred steps). If it persists, check that the labels match "
+      f"the images, that the learning rate is not too high (loss stuck or NaN), and that "
+      f"evaluation uses the charset the model was trained with."
+  )

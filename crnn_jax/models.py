@@ -88,6 +88,7 @@ class ConvStack(nn.Module):
     conv_impl: passed to ``crnn_jax.conv.Conv``.
     dtype: computation dtype.
   """
+
   features: Sequence[int] = SEED_CONV_FEATURES
   conv_impl: str = "auto"
   dtype: jnp.dtype = jnp.float32
@@ -97,7 +98,8 @@ class ConvStack(nn.Module):
     """images: (B, H, W, C); widths: (B,) valid pixel widths. Returns (B, 1, W/4 - 1, F)."""
     if len(self.features) != 7:
       raise ValueError(
-          f"model.conv_features must list 7 channel widths (the seed layout); got {self.features}.")
+          f"model.conv_features must list 7 channel widths (the seed layout); got {self.features}."
+      )
     f = self.features
     stride = 1
     x = images.astype(self.dtype) * _column_mask(widths, images.shape[2], stride).astype(self.dtype)
@@ -106,9 +108,13 @@ class ConvStack(nn.Module):
       x = conv_lib.Conv(f[i], kernel, padding, impl=self.conv_impl, name=f"conv{i + 1}")(x)
       mask = _column_mask(widths, x.shape[2], stride)
       if batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
-                         dtype=self.dtype, name=f"bn{i + 1}")(
-                             x, mask=jnp.broadcast_to(mask > 0, x.shape))
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.99,
+            epsilon=1e-3,
+            dtype=self.dtype,
+            name=f"bn{i + 1}",
+        )(x, mask=jnp.broadcast_to(mask > 0, x.shape))
       return nn.relu(x) * mask.astype(x.dtype)
 
     # Where the convolutions take the CPU fast path, so does pooling: the same function and
@@ -144,6 +150,7 @@ class BiLSTM(nn.Module):
       and stays float32 (a bfloat16 gate times a float32 cell state is float32), so the
       cell state does not lose precision over the sequence; the output is float32.
   """
+
   hidden: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
@@ -173,6 +180,7 @@ class CRNN(nn.Module):
     dtype: the compute dtype (float32 or bfloat16; see the module docstring). Parameters
       are float32 whatever it is.
   """
+
   num_classes: int
   height: int = 32
   conv_features: Sequence[int] = SEED_CONV_FEATURES
@@ -208,10 +216,12 @@ class CRNN(nn.Module):
       raise ValueError(
           f"CRNN images have height {images.shape[1]}, but the model is built for height "
           f"{self.height}: resize images to height {self.height} (the data pipeline does) "
-          f"or set model.height.")
+          f"or set model.height."
+      )
     if images.shape[2] % WIDTH_STRIDE:
       raise ValueError(
-          f"CRNN image width {images.shape[2]} is not a multiple of {WIDTH_STRIDE}: pad it.")
+          f"CRNN image width {images.shape[2]} is not a multiple of {WIDTH_STRIDE}: pad it."
+      )
     if widths.shape != images.shape[:1]:
       raise ValueError(f"CRNN widths must have shape {images.shape[:1]}; got {widths.shape}.")
     if jnp.issubdtype(images.dtype, jnp.integer):
@@ -220,16 +230,19 @@ class CRNN(nn.Module):
       images = images.astype(jnp.float32) / 255.0
     widths = widths.astype(jnp.int32)
     x = ConvStack(self.conv_features, self.conv_impl, self.dtype, name="cnn")(
-        images, widths, train=train)
+        images, widths, train=train
+    )
     if x.shape[1] != 1:
       raise ValueError(
           f"Conv stack left height {x.shape[1]} instead of 1 for image height {self.height}: "
-          f"the seed layout needs height 32.")
+          f"the seed layout needs height 32."
+      )
     x = x[:, 0]  # [B, 1, T, F] -> [B, T, F]
     frames = num_frames(widths)
     for i in range(self.lstm_layers):
       x = BiLSTM(self.lstm_hidden, self.dropout, self.dtype, name=f"bilstm{i + 1}")(
-          x, frames, train=train)
+          x, frames, train=train
+      )
     # The loss and the decoders take float32 logits (log-softmax of bfloat16 logits would
     # round probabilities to 3 significant digits).
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
@@ -257,11 +270,16 @@ def from_config(model_config, num_classes: int, *, compute_dtype: str | None = N
   m = model_config
   if compute_dtype is None:
     compute_dtype = m.get("compute_dtype", "auto")
-  return CRNN(num_classes=num_classes, height=m["height"],
-              conv_features=tuple(m["conv_features"]), lstm_hidden=m["lstm_hidden"],
-              lstm_layers=m["lstm_layers"], dropout=m["dropout"],
-              conv_impl=m.get("conv_impl", "auto"),
-              dtype=resolve_compute_dtype(compute_dtype))
+  return CRNN(
+      num_classes=num_classes,
+      height=m["height"],
+      conv_features=tuple(m["conv_features"]),
+      lstm_hidden=m["lstm_hidden"],
+      lstm_layers=m["lstm_layers"],
+      dropout=m["dropout"],
+      conv_impl=m.get("conv_impl", "auto"),
+      dtype=resolve_compute_dtype(compute_dtype),
+  )
 
 
 def count_params(tree) -> int:

@@ -66,15 +66,20 @@ class Streak:
 
   def error(self, last_saved: int | None) -> NonFiniteError:
     """The error that ends the run, saying what happened and what to change."""
-    saved = (f"the latest checkpoint (step {last_saved}) holds the finite parameters from "
-             f"before them" if last_saved is not None else "no checkpoint was saved")
+    saved = (
+        f"the latest checkpoint (step {last_saved}) holds the finite parameters from "
+        f"before them"
+        if last_saved is not None
+        else "no checkpoint was saved"
+    )
     return NonFiniteError(
         f"Training stopped: {self.consecutive} consecutive steps ({self.first} to "
         f"{self.first + self.consecutive - 1}) had a non-finite loss or gradient norm and "
         f"were skipped ({self.total} skipped in this run; train.max_nonfinite_steps="
         f"{self.limit}). Parameters were not updated by them and {saved}. Lower "
         f"optim.learning_rate, set optim.grad_clip_norm (e.g. 5.0), or check the training "
-        f"data read at these steps.")
+        f"data read at these steps."
+    )
 
 
 def _poisoned_steps() -> frozenset:

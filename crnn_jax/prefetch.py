@@ -55,8 +55,9 @@ class DevicePrefetch:
     self._thread = None
     if self.size:
       self._queue = queue.Queue(maxsize=self.size)
-      self._thread = threading.Thread(target=self._produce, name="crnn_jax-device-prefetch",
-                                      daemon=True)
+      self._thread = threading.Thread(
+          target=self._produce, name="crnn_jax-device-prefetch", daemon=True
+      )
       self._thread.start()
 
   def _offer(self, item) -> bool:

@@ -52,9 +52,18 @@ load_model = loading.load_model
 # The jitted function: model + decoding, one compilation per input shape.
 
 
-def _recognize(variables: dict, images: jax.Array, widths: jax.Array, trie, *,
-               model: models.CRNN, method: str, beam_size: int, top_k: int,
-               max_length: int | None):
+def _recognize(
+    variables: dict,
+    images: jax.Array,
+    widths: jax.Array,
+    trie,
+    *,
+    model: models.CRNN,
+    method: str,
+    beam_size: int,
+    top_k: int,
+    max_length: int | None,
+):
   """Images to the ``top_k`` best label sequences.
 
   Args:
@@ -74,11 +83,19 @@ def _recognize(variables: dict, images: jax.Array, widths: jax.Array, trie, *,
     r = decode_lib.greedy_decode(logits, logit_paddings, blank_id=blank)
     return r.tokens[:, None], r.lengths[:, None], r.scores[:, None]
   if method == "beam":
-    r = decode_lib.prefix_beam_search(logits, logit_paddings, beam_size=beam_size,
-                                      top_k=top_k, blank_id=blank)
+    r = decode_lib.prefix_beam_search(
+        logits, logit_paddings, beam_size=beam_size, top_k=top_k, blank_id=blank
+    )
   else:
-    r = decode_lib.lexicon_beam_search(logits, logit_paddings, trie, beam_size=beam_size,
-                                       top_k=top_k, blank_id=blank, max_length=max_length)
+    r = decode_lib.lexicon_beam_search(
+        logits,
+        logit_paddings,
+        trie,
+        beam_size=beam_size,
+        top_k=top_k,
+        blank_id=blank,
+        max_length=max_length,
+    )
   return r.tokens, r.lengths, r.scores
 
 
@@ -104,10 +121,20 @@ class Recognizer:
     ValueError: for an unknown decode method, a bad size, or an empty lexicon.
   """
 
-  def __init__(self, model: models.CRNN, variables: dict, charset: charset_lib.Charset, *,
-               width_buckets: Sequence[int], resize_mode: str = "pad", batch_size: int = 32,
-               decode: str = "greedy", beam_size: int = 8, top_k: int = 1,
-               lexicon: Iterable[str] | None = None):
+  def __init__(
+      self,
+      model: models.CRNN,
+      variables: dict,
+      charset: charset_lib.Charset,
+      *,
+      width_buckets: Sequence[int],
+      resize_mode: str = "pad",
+      batch_size: int = 32,
+      decode: str = "greedy",
+      beam_size: int = 8,
+      top_k: int = 1,
+      lexicon: Iterable[str] | None = None,
+  ):
     if decode not in DECODE_METHODS:
       raise ValueError(f"decode {decode!r} is not one of {DECODE_METHODS}.")
     if resize_mode not in preprocess.RESIZE_MODES:
@@ -116,14 +143,18 @@ class Recognizer:
       if int(value) < 1:
         raise ValueError(f"{name} must be at least 1; got {value}.")
     if decode == "greedy" and top_k != 1:
-      raise ValueError(f"top_k={top_k} needs decode='beam' or 'lexicon'; greedy decoding "
-                       f"gives one hypothesis.")
+      raise ValueError(
+          f"top_k={top_k} needs decode='beam' or 'lexicon'; greedy decoding "
+          f"gives one hypothesis."
+      )
     if top_k > beam_size:
       raise ValueError(f"top_k={top_k} is more than beam_size={beam_size}.")
     buckets = sorted(int(w) for w in width_buckets)
     if not buckets or any(w % models.WIDTH_STRIDE or w < preprocess.MIN_WIDTH for w in buckets):
-      raise ValueError(f"width_buckets must be multiples of {models.WIDTH_STRIDE} of at least "
-                       f"{preprocess.MIN_WIDTH}; got {tuple(width_buckets)}.")
+      raise ValueError(
+          f"width_buckets must be multiples of {models.WIDTH_STRIDE} of at least "
+          f"{preprocess.MIN_WIDTH}; got {tuple(width_buckets)}."
+      )
     self.model = model
     self.variables = variables
     self.charset = charset
@@ -138,9 +169,16 @@ class Recognizer:
     self.trie, self.lexicon_size, self.lexicon_skipped, max_length = None, 0, 0, None
     if decode == "lexicon":
       self.trie, self.lexicon_size, self.lexicon_skipped, max_length = self._build_trie(lexicon)
-    self._fn = jax.jit(functools.partial(
-        _recognize, model=model, method=decode, beam_size=self.beam_size, top_k=self.top_k,
-        max_length=max_length))
+    self._fn = jax.jit(
+        functools.partial(
+            _recognize,
+            model=model,
+            method=decode,
+            beam_size=self.beam_size,
+            top_k=self.top_k,
+            max_length=max_length,
+        )
+    )
 
   def _build_trie(self, lexicon):
     if lexicon is None:
@@ -155,11 +193,17 @@ class Recognizer:
       else:
         words.add(word)
     if not words:
-      raise ValueError(f"The lexicon has no word made of the model's {len(self.charset)} "
-                       f"characters ({skipped} words had other characters).")
+      raise ValueError(
+          f"The lexicon has no word made of the model's {len(self.charset)} "
+          f"characters ({skipped} words had other characters)."
+      )
     words = sorted(words)
-    trie = decode_lib.build_trie(words, num_classes=self.charset.num_classes,
-                                 charset=self.charset, blank_id=charset_lib.BLANK_ID)
+    trie = decode_lib.build_trie(
+        words,
+        num_classes=self.charset.num_classes,
+        charset=self.charset,
+        blank_id=charset_lib.BLANK_ID,
+    )
     return trie, len(words), skipped, max(len(w) for w in words)
 
   @classmethod
@@ -215,8 +259,9 @@ class Recognizer:
     Raises:
       ValueError: for an array of unusable shape or an empty image.
     """
-    return preprocess.resize(image, height=self.height, max_width=self.max_width,
-                             mode=self.resize_mode)
+    return preprocess.resize(
+        image, height=self.height, max_width=self.max_width, mode=self.resize_mode
+    )
 
   def bucket_of(self, width: int) -> int:
     """The narrowest width bucket that holds an image ``width`` pixels wide."""
@@ -235,22 +280,28 @@ class Recognizer:
     by_bucket: dict[int, list[int]] = {}
     for i, a in enumerate(arrays):
       if a.ndim != 2 or a.shape[0] != self.height or a.dtype != np.uint8:
-        raise ValueError(f"arrays[{i}] must be ({self.height}, w) uint8 from preprocess(); "
-                         f"got {a.dtype} {a.shape}.")
+        raise ValueError(
+            f"arrays[{i}] must be ({self.height}, w) uint8 from preprocess(); "
+            f"got {a.dtype} {a.shape}."
+        )
       by_bucket.setdefault(self.bucket_of(a.shape[1]), []).append(i)
     for width, rows in sorted(by_bucket.items()):
       for start in range(0, len(rows), self.batch_size):
-        chunk = rows[start:start + self.batch_size]
+        chunk = rows[start : start + self.batch_size]
         batch = batching.assemble([arrays[i] for i in chunk], width, self.batch_size)
         tokens, lengths, scores = jax.device_get(
-            self._fn(self.variables, batch["images"], batch["widths"], self.trie))
+            self._fn(self.variables, batch["images"], batch["widths"], self.trie)
+        )
         for j, i in enumerate(chunk):
           out[i] = self._hypotheses(tokens[j], lengths[j], scores[j])
     return out
 
   def _hypotheses(self, tokens, lengths, scores) -> list[Hypothesis]:
-    hyps = [(self.charset.decode(t[:n]), float(np.exp(s)))
-            for t, n, s in zip(tokens, lengths, scores) if np.isfinite(s)]
+    hyps = [
+        (self.charset.decode(t[:n]), float(np.exp(s)))
+        for t, n, s in zip(tokens, lengths, scores)
+        if np.isfinite(s)
+    ]
     return hyps or [("", 0.0)]
 
   def candidates(self, images: Sequence[Any]) -> list[list[Hypothesis]]:
@@ -264,8 +315,10 @@ class Recognizer:
       ValueError: if ``images`` is not a list of images, naming the bad item.
     """
     if isinstance(images, (Image.Image, np.ndarray)):
-      raise ValueError("images must be a list of images; wrap a single image in a list "
-                       "(a numpy batch: list(batch)).")
+      raise ValueError(
+          "images must be a list of images; wrap a single image in a list "
+          "(a numpy batch: list(batch))."
+      )
     arrays = []
     for i, image in enumerate(images):
       try:
@@ -306,8 +359,9 @@ def expand_paths(inputs: Iterable[str]) -> list[str]:
     if os.path.isdir(item):
       for root, dirs, files in os.walk(item):
         dirs.sort()
-        out.extend(os.path.join(root, f) for f in sorted(files)
-                   if os.path.splitext(f)[1].lower() in exts)
+        out.extend(
+            os.path.join(root, f) for f in sorted(files) if os.path.splitext(f)[1].lower() in exts
+        )
     else:
       out.append(item)
   return out
@@ -326,21 +380,28 @@ def read_image(path: str) -> Image.Image:
       im.load()
       image = im.copy()
       image.format = im.format  # preprocess applies EXIF rotation to JPEGs
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-          Image.DecompressionBombError) as e:
+  except (
+      UnidentifiedImageError,
+      OSError,
+      SyntaxError,
+      ValueError,
+      Image.DecompressionBombError,
+  ) as e:
     raise ValueError(f"unreadable image ({e})") from None
   return image
 
 
 class FileResult(NamedTuple):
   """What became of one file: its hypotheses (best first), or the error."""
+
   path: str
   hypotheses: list[Hypothesis] | None
   error: str | None
 
 
-def recognize_files(recognizer: Recognizer, paths: Sequence[str], *,
-                    chunk: int = 256) -> Iterator[FileResult]:
+def recognize_files(
+    recognizer: Recognizer, paths: Sequence[str], *, chunk: int = 256
+) -> Iterator[FileResult]:
   """Recognises image files in order; a bad file gives an error result, the rest still run.
 
   Args:
@@ -351,7 +412,7 @@ def recognize_files(recognizer: Recognizer, paths: Sequence[str], *,
   for start in range(0, len(paths), chunk):
     results: list[FileResult | None] = []
     arrays, slots = [], []
-    for path in paths[start:start + chunk]:
+    for path in paths[start : start + chunk]:
       try:
         arrays.append(recognizer.preprocess(read_image(path)))
         slots.append(len(results))

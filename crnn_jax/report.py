@@ -9,8 +9,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-def predictions_image(samples: Sequence[tuple[np.ndarray, str, str]], *, scale: int = 2,
-                      text_width: int = 360) -> np.ndarray:
+def predictions_image(
+    samples: Sequence[tuple[np.ndarray, str, str]], *, scale: int = 2, text_width: int = 360
+) -> np.ndarray:
   """A grid image: each row an input image with its truth and prediction.
 
   Args:
@@ -28,8 +29,9 @@ def predictions_image(samples: Sequence[tuple[np.ndarray, str, str]], *, scale: 
   draw = ImageDraw.Draw(canvas)
   for i, (img, truth, pred) in enumerate(samples):
     y = i * row_h + 2
-    tile = Image.fromarray(img, "L").resize((img.shape[1] * scale, img.shape[0] * scale),
-                                            Image.NEAREST)
+    tile = Image.fromarray(img, "L").resize(
+        (img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST
+    )
     canvas.paste(tile.convert("RGB"), (4, y))
     color = (0, 130, 0) if truth == pred else (200, 0, 0)
     draw.text((w + 10, y), f"truth: {truth}", fill=(0, 0, 0))
@@ -42,6 +44,7 @@ class Writer:
 
   def __init__(self, workdir: str):
     from tensorboardX import SummaryWriter
+
     self.workdir = workdir
     self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 

@@ -36,15 +36,18 @@ def check_batch_size(global_batch: int, mesh: Mesh, what: str = "train.batch_siz
   if global_batch % n:
     raise ValueError(
         f"{what}={global_batch} is not divisible by the {n} devices; use a multiple of {n} "
-        f"(e.g. {max(n, global_batch // n * n)}).")
+        f"(e.g. {max(n, global_batch // n * n)})."
+    )
   return global_batch // jax.process_count()
 
 
 def to_global(host_batch: dict, mesh: Mesh) -> dict:
   """This process's rows -> global ``jax.Array``s split along ``data``."""
   sharding = batch_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in host_batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      for k, v in host_batch.items()
+  }
 
 
 def local_rows(x: jax.Array) -> np.ndarray:

@@ -34,6 +34,7 @@ from crnn_jax.data import batching
 
 class TrainState(train_state.TrainState):
   """Step, parameters, optimiser state and BatchNorm statistics."""
+
   batch_stats: Any = None
 
 
@@ -46,13 +47,21 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   if o.schedule == "constant":
     if o.warmup_steps:
       return optax.join_schedules(
-          [optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps),
-           optax.constant_schedule(o.learning_rate)], [o.warmup_steps])
+          [
+              optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps),
+              optax.constant_schedule(o.learning_rate),
+          ],
+          [o.warmup_steps],
+      )
     return optax.constant_schedule(o.learning_rate)
   if o.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
-        0.0, o.learning_rate, o.warmup_steps, max(steps, o.warmup_steps + 1),
-        end_value=o.learning_rate * o.end_lr_fraction)
+        0.0,
+        o.learning_rate,
+        o.warmup_steps,
+        max(steps, o.warmup_steps + 1),
+        end_value=o.learning_rate * o.end_lr_fraction,
+    )
   raise ValueError(f"optim.schedule {o.schedule!r} is not one of 'constant', 'cosine'.")
 
 
@@ -72,15 +81,23 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return tx
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: models.CRNN,
-                       rng: jax.Array) -> TrainState:
+def create_train_state(
+    config: ml_collections.ConfigDict, model: models.CRNN, rng: jax.Array
+) -> TrainState:
   """A fresh state; parameters do not depend on the input width."""
   width = min(config.data.width_buckets)
-  variables = model.init({"params": rng}, jnp.zeros((1, config.model.height, width, 1)),
-                         jnp.full((1,), width), train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           batch_stats=variables.get("batch_stats", {}),
-                           tx=make_optimizer(config))
+  variables = model.init(
+      {"params": rng},
+      jnp.zeros((1, config.model.height, width, 1)),
+      jnp.full((1,), width),
+      train=False,
+  )
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      tx=make_optimizer(config),
+  )
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int = 0):
@@ -103,10 +120,16 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int 
 
   def loss_fn(params):
     (logits, logit_paddings), updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["images"], batch["widths"],
-        train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
-    loss, aux = losses.ctc_loss(logits, logit_paddings, batch["labels"],
-                                batch["label_paddings"], blank_id=blank_id)
+        {"params": params, "batch_stats": state.batch_stats},
+        batch["images"],
+        batch["widths"],
+        train=True,
+        rngs={"dropout": rng},
+        mutable=["batch_stats"],
+    )
+    loss, aux = losses.ctc_loss(
+        logits, logit_paddings, batch["labels"], batch["label_paddings"], blank_id=blank_id
+    )
     return loss, (aux, updates)
 
   (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -118,9 +141,14 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, blank_id: int 
       finite,
       lambda s: s.apply_gradients(grads=grads, batch_stats=updates["batch_stats"]),
       lambda s: s.replace(step=s.step + 1),
-      state)
-  return state, {"loss": loss, "num_infeasible": aux["num_infeasible"],
-                 "grad_norm": grad_norm, "nonfinite": (~finite).astype(jnp.int32)}
+      state,
+  )
+  return state, {
+      "loss": loss,
+      "num_infeasible": aux["num_infeasible"],
+      "grad_norm": grad_norm,
+      "nonfinite": (~finite).astype(jnp.int32),
+  }
 
 
 def eval_step(state: TrainState, batch: dict, *, blank_id: int = 0) -> dict:
@@ -133,11 +161,20 @@ def eval_step(state: TrainState, batch: dict, *, blank_id: int = 0) -> dict:
     aligned.
   """
   logits, logit_paddings = state.apply_fn(
-      {"params": state.params, "batch_stats": state.batch_stats}, batch["images"],
-      batch["widths"], train=False)
+      {"params": state.params, "batch_stats": state.batch_stats},
+      batch["images"],
+      batch["widths"],
+      train=False,
+  )
   mask = batch.get("mask", jnp.ones(logits.shape[:1]))
-  _, aux = losses.ctc_loss(logits, logit_paddings, batch["labels"], batch["label_paddings"],
-                           blank_id=blank_id, example_mask=mask)
+  _, aux = losses.ctc_loss(
+      logits,
+      logit_paddings,
+      batch["labels"],
+      batch["label_paddings"],
+      blank_id=blank_id,
+      example_mask=mask,
+  )
   greedy = decode_lib.greedy_decode(logits, logit_paddings, blank_id=blank_id)
   return {
       "tokens": greedy.tokens,
@@ -168,8 +205,9 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
     if config[group].every_steps < 1:
       raise ValueError(f"{group}.every_steps must be at least 1; got {config[group].every_steps}.")
   if config.data.device_prefetch < 0:
-    raise ValueError(f"data.device_prefetch must be at least 0; got "
-                     f"{config.data.device_prefetch}.")
+    raise ValueError(
+        f"data.device_prefetch must be at least 0; got " f"{config.data.device_prefetch}."
+    )
 
 
 class _StopRequested:
@@ -193,8 +231,11 @@ class _StopRequested:
     self.signum = signum
     # Printed by the process that got it (the others say nothing until they stop with it).
     who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
-    print(f"\n{who}{signal.Signals(signum).name} received: saving a checkpoint, then "
-          f"stopping (Ctrl-C again to abort without saving).", flush=True)
+    print(
+        f"\n{who}{signal.Signals(signum).name} received: saving a checkpoint, then "
+        f"stopping (Ctrl-C again to abort without saving).",
+        flush=True,
+    )
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
@@ -203,18 +244,22 @@ class _StopRequested:
 
 def _meta(config, charset, state) -> dict:
   return {
-      "model": {k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in config.model.to_dict().items()},
+      "model": {
+          k: (list(v) if isinstance(v, tuple) else v) for k, v in config.model.to_dict().items()
+      },
       "charset": charset.chars,
       "case_fold": charset.case_fold,
-      "data": {"width_buckets": list(config.data.width_buckets),
-               "resize_mode": config.data.resize_mode},
+      "data": {
+          "width_buckets": list(config.data.width_buckets),
+          "resize_mode": config.data.resize_mode,
+      },
       "param_shapes": ckpt_lib.param_shapes(state.params),
   }
 
 
-def _device_batches(batches: Callable, start: int, stop: int, mesh,
-                    size: int) -> prefetch.DevicePrefetch:
+def _device_batches(
+    batches: Callable, start: int, stop: int, mesh, size: int
+) -> prefetch.DevicePrefetch:
   """The global batches of steps ``start ... stop - 1``, ``size`` placed ahead."""
 
   def host_batches():
@@ -227,13 +272,21 @@ def _device_batches(batches: Callable, start: int, stop: int, mesh,
     finally:
       it.close()
 
-  return prefetch.DevicePrefetch(host_batches(), functools.partial(sharding.to_global,
-                                                                   mesh=mesh), size)
+  return prefetch.DevicePrefetch(
+      host_batches(), functools.partial(sharding.to_global, mesh=mesh), size
+  )
 
 
-def evaluate(eval_fn: Callable, state: TrainState, eval_set: inputs.EvalSet,
-             charset: charset_lib.Charset, mesh, global_batch: int, height: int,
-             num_samples: int = 0) -> tuple[dict, list]:
+def evaluate(
+    eval_fn: Callable,
+    state: TrainState,
+    eval_set: inputs.EvalSet,
+    charset: charset_lib.Charset,
+    mesh,
+    global_batch: int,
+    height: int,
+    num_samples: int = 0,
+) -> tuple[dict, list]:
   """Greedy-decoded metrics over every example of one evaluation set (all processes together).
 
   Returns:
@@ -275,8 +328,10 @@ def select_best(results: dict, best_set: str) -> float:
   if best_set == "mean":
     return float(np.mean([r["word_acc"] for r in results.values()]))
   if best_set not in results:
-    raise ValueError(f"eval.best_set {best_set!r} is not 'mean' nor one of the evaluation "
-                     f"sets {sorted(results)}.")
+    raise ValueError(
+        f"eval.best_set {best_set!r} is not 'mean' nor one of the evaluation "
+        f"sets {sorted(results)}."
+    )
   return float(results[best_set]["word_acc"])
 
 
@@ -292,10 +347,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate_config(config, mesh)
   charset = make_charset(config)
   model = models.from_config(config.model, charset.num_classes)
-  _log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} over "
-       f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank; "
-       f"computing in {jnp.dtype(model.dtype).name} (model.compute_dtype="
-       f"{config.model.compute_dtype!r}), parameters in float32")
+  _log(
+      f"devices: {jax.device_count()} x {jax.devices()[0].platform} over "
+      f"{jax.process_count()} process(es); charset: {len(charset)} characters + blank; "
+      f"computing in {jnp.dtype(model.dtype).name} (model.compute_dtype="
+      f"{config.model.compute_dtype!r}), parameters in float32"
+  )
 
   eval_sets = inputs.EvalSets(config, charset, log=_log)  # prepared in the background
   batches = inputs.train_loader(config, charset, log=_log)
@@ -303,17 +360,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rng = jax.random.key(config.train.seed)
   init_rng, step_rng = jax.random.split(rng)
   repl = sharding.replicated(mesh)
-  state = jax.jit(functools.partial(create_train_state, config, model),
-                  out_shardings=repl)(init_rng)
-  _log("model parameters:\n" + models.param_summary(
-      {"params": state.params, "batch_stats": state.batch_stats}))
+  state = jax.jit(functools.partial(create_train_state, config, model), out_shardings=repl)(
+      init_rng
+  )
+  _log(
+      "model parameters:\n"
+      + models.param_summary({"params": state.params, "batch_stats": state.batch_stats})
+  )
 
   os.makedirs(workdir, exist_ok=True)
   ckpts = ckpt_lib.Checkpoints(workdir, max_to_keep=config.checkpoint.max_to_keep)
   state, start = ckpts.restore_intact(state, log=_log)
   if start is not None:
-    _log(f"Resuming from the checkpoint at step {start} in {workdir} "
-         f"(parameters, optimiser state, data position).")
+    _log(
+        f"Resuming from the checkpoint at step {start} in {workdir} "
+        f"(parameters, optimiser state, data position)."
+    )
   else:
     start = 0
     if config.init_from:
@@ -321,14 +383,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   meta = _meta(config, charset, state)
 
   batch_sharding = sharding.batch_sharded(mesh)
-  p_train = jax.jit(functools.partial(train_step, blank_id=charset_lib.BLANK_ID),
-                    in_shardings=(repl, batch_sharding, repl), out_shardings=(repl, repl),
-                    donate_argnums=0)
-  p_eval = jax.jit(functools.partial(eval_step, blank_id=charset_lib.BLANK_ID),
-                   in_shardings=(repl, batch_sharding),
-                   out_shardings={"tokens": batch_sharding, "lengths": batch_sharding,
-                                  "confidence": batch_sharding, "loss_sum": repl,
-                                  "loss_count": repl})
+  p_train = jax.jit(
+      functools.partial(train_step, blank_id=charset_lib.BLANK_ID),
+      in_shardings=(repl, batch_sharding, repl),
+      out_shardings=(repl, repl),
+      donate_argnums=0,
+  )
+  p_eval = jax.jit(
+      functools.partial(eval_step, blank_id=charset_lib.BLANK_ID),
+      in_shardings=(repl, batch_sharding),
+      out_shardings={
+          "tokens": batch_sharding,
+          "lengths": batch_sharding,
+          "confidence": batch_sharding,
+          "loss_sum": repl,
+          "loss_count": repl,
+      },
+  )
   writer = report.Writer(workdir) if jax.process_index() == 0 else None
 
   num_steps = config.train.num_steps
@@ -361,32 +432,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         data_wait = (train_iter.wait_seconds - wait_log) / max(dt, 1e-9)
         eta = (num_steps - done) * config.train.batch_size / max(ips, 1e-9)
         lr = float(make_schedule(config)(done))
-        _log(f"step {done}/{num_steps}  loss {m['loss']:.4f}  images/s {ips:.1f}  "
-             f"data_wait {data_wait:.0%}  ETA {_hms(eta)}  lr {lr:.2e}  "
-             f"masked {int(m['num_infeasible'])}"
-             + (f"  skipped {skips.total} non-finite" if skips.total else "")
-             + ("  (includes compile)" if done == start + 1 else ""))
+        _log(
+            f"step {done}/{num_steps}  loss {m['loss']:.4f}  images/s {ips:.1f}  "
+            f"data_wait {data_wait:.0%}  ETA {_hms(eta)}  lr {lr:.2e}  "
+            f"masked {int(m['num_infeasible'])}"
+            + (f"  skipped {skips.total} non-finite" if skips.total else "")
+            + ("  (includes compile)" if done == start + 1 else "")
+        )
         if writer:
           shares = member_rows / max(member_rows.sum(), 1)
-          writer.scalars(done, {"train/loss": m["loss"], "train/learning_rate": lr,
-                                "train/masked_examples": m["num_infeasible"],
-                                "train/grad_norm": m["grad_norm"], "train/images_per_s": ips,
-                                "train/data_wait_fraction": data_wait,
-                                "train/nonfinite_steps": skips.total,
-                                **{f"train/share/{n}": v for n, v in zip(member_names, shares)}})
+          writer.scalars(
+              done,
+              {
+                  "train/loss": m["loss"],
+                  "train/learning_rate": lr,
+                  "train/masked_examples": m["num_infeasible"],
+                  "train/grad_norm": m["grad_norm"],
+                  "train/images_per_s": ips,
+                  "train/data_wait_fraction": data_wait,
+                  "train/nonfinite_steps": skips.total,
+                  **{f"train/share/{n}": v for n, v in zip(member_names, shares)},
+              },
+          )
         member_rows = np.zeros(len(member_names))
         t_log, n_log, wait_log = time.time(), 0, train_iter.wait_seconds
       last = done == num_steps
       if done % config.eval.every_steps == 0 or last:
         results, samples = {}, []
         for eval_set in eval_sets.get():
-          r, s = evaluate(p_eval, state, eval_set, charset, mesh, config.eval.batch_size,
-                          config.model.height, config.eval.num_samples)
+          r, s = evaluate(
+              p_eval,
+              state,
+              eval_set,
+              charset,
+              mesh,
+              config.eval.batch_size,
+              config.model.height,
+              config.eval.num_samples,
+          )
           results[eval_set.name] = r
           samples = samples or s
-          _log(f"eval at step {done} [{eval_set.name}]: word_acc {r['word_acc']:.4f}  "
-               f"word_acc_ci {r['word_acc_ci']:.4f}  cer {r['cer']:.4f}  "
-               f"loss {r['loss']:.4f}  (n={r['n']})")
+          _log(
+              f"eval at step {done} [{eval_set.name}]: word_acc {r['word_acc']:.4f}  "
+              f"word_acc_ci {r['word_acc_ci']:.4f}  cer {r['cer']:.4f}  "
+              f"loss {r['loss']:.4f}  (n={r['n']})"
+          )
           hint = metrics.empty_hint(r)
           if hint:
             _log("note: " + hint)
@@ -395,8 +485,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.scalars(done, {f"{prefix}/{k}": v for k, v in r.items() if k != "n"})
         selected = select_best(results, config.eval.best_set)
         if len(results) > 1:
-          _log(f"eval at step {done}: best-checkpoint metric ({config.eval.best_set} word "
-               f"accuracy) {selected:.4f}")
+          _log(
+              f"eval at step {done}: best-checkpoint metric ({config.eval.best_set} word "
+              f"accuracy) {selected:.4f}"
+          )
         result = dict(results[eval_sets.names[0]], sets=results)
         if writer:
           writer.scalars(done, {"eval/selected_word_acc": selected})
@@ -410,29 +502,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if stopping:
         train_iter.close()
         ckpts.wait()
-        _log(f"Stopped at step {done}; checkpoint saved in {workdir}. Run the same command "
-             f"to resume.")
+        _log(
+            f"Stopped at step {done}; checkpoint saved in {workdir}. Run the same command "
+            f"to resume."
+        )
         break
     else:
       if start >= num_steps:
-        _log(f"Nothing to do: the checkpoint in {workdir} is at step {start} >= "
-             f"train.num_steps={num_steps}.")
+        _log(
+            f"Nothing to do: the checkpoint in {workdir} is at step {start} >= "
+            f"train.num_steps={num_steps}."
+        )
   train_iter.close()
   ckpts.wait()
   ckpts.close()
   if jax.process_count() > 1:
     # Every process prints what it holds, so diverged replicas would show.
-    print(f"process {jax.process_index()}: step {int(state.step)}, parameter checksum "
-          f"{params_checksum(state.params)}", flush=True)
+    print(
+        f"process {jax.process_index()}: step {int(state.step)}, parameter checksum "
+        f"{params_checksum(state.params)}",
+        flush=True,
+    )
   if writer:
     writer.close()
   if result and not stopping:
     _log(f"Finished {num_steps} steps in {_hms(time.time() - t_start)}.")
     for name, r in result["sets"].items():
-      _log(f"Validation [{name}] (n={r['n']}): word accuracy {r['word_acc']:.4f}, "
-           f"case-insensitive {r['word_acc_ci']:.4f}, CER {r['cer']:.4f}.")
+      _log(
+          f"Validation [{name}] (n={r['n']}): word accuracy {r['word_acc']:.4f}, "
+          f"case-insensitive {r['word_acc_ci']:.4f}, CER {r['cer']:.4f}."
+      )
     _log("Sample predictions (truth -> prediction):")
-    for _, truth, pred in samples[:config.eval.num_samples]:
+    for _, truth, pred in samples[: config.eval.num_samples]:
       _log(f"  {'ok ' if truth == pred else 'ERR'} {truth!r:>24} -> {pred!r}")
   return result
 
@@ -440,6 +541,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def params_checksum(params) -> str:
   """SHA-256 (16 hex digits) of this process's copy of the parameters."""
   import hashlib
+
   h = hashlib.sha256()
   for leaf in jax.tree.leaves(params):
     h.update(np.asarray(leaf.addressable_data(0)).tobytes())

@@ -47,8 +47,9 @@ import numpy as np
 FORMAT = "crnn_jax.weights/1"
 # The file the package ships (package data, see pyproject.toml) and its name for
 # ``init_from`` and the scripts.
-PRETRAINED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained",
-                               "crnn_seed.npz")
+PRETRAINED_FILE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "pretrained", "crnn_seed.npz"
+)
 PRETRAINED = "pretrained"
 
 META_MEMBER = "meta.json"
@@ -62,7 +63,7 @@ _TRAILER = len(_MARK) + _DIGEST_CHARS
 # Fixed zip timestamps and permissions: the same variables give the same bytes.
 _DATE = (1980, 1, 1, 0, 0, 0)
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
-_FLOAT16_LOSS = 2.0 ** -10  # of the leaf's largest magnitude
+_FLOAT16_LOSS = 2.0**-10  # of the leaf's largest magnitude
 
 
 class Written(NamedTuple):
@@ -75,6 +76,7 @@ class Written(NamedTuple):
     float32_params: parameter leaves kept in float32 despite ``dtype='float16'``,
       as ``'params/...'`` names.
   """
+
   path: str
   sha256: str
   num_bytes: int
@@ -93,7 +95,8 @@ def pretrained_file() -> str:
         f"exist (it is added once the seed model is trained). Give a model instead: a "
         f"weights file (--weights FILE, Recognizer.from_weights) or a training workdir "
         f"(--workdir DIR, Recognizer.from_checkpoint); scripts/export_weights.py writes the "
-        f"file from a workdir.")
+        f"file from a workdir."
+    )
   return PRETRAINED_FILE
 
 
@@ -105,8 +108,10 @@ def resolve(path: str) -> str:
 def _flatten(tree: Mapping, prefix: str, out: dict[str, np.ndarray]) -> None:
   for key, value in tree.items():
     if not isinstance(key, str) or not key or "/" in key:
-      raise ValueError(f"variables: key {key!r} under {prefix or 'the top'!r} must be a "
-                       f"non-empty string without '/'.")
+      raise ValueError(
+          f"variables: key {key!r} under {prefix or 'the top'!r} must be a "
+          f"non-empty string without '/'."
+      )
     name = f"{prefix}/{key}" if prefix else key
     if isinstance(value, Mapping):
       _flatten(value, name, out)
@@ -141,8 +146,9 @@ def _member(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
   zf.writestr(info, data, compress_type=zipfile.ZIP_STORED)
 
 
-def save_weights(path: str, variables: Mapping, meta: Mapping[str, Any], *,
-                 dtype: str = "float16") -> Written:
+def save_weights(
+    path: str, variables: Mapping, meta: Mapping[str, Any], *, dtype: str = "float16"
+) -> Written:
   """Writes a model's variables and metadata into one weights file.
 
   The file is written to ``path + '.tmp'`` and renamed, so a reader never sees half a
@@ -170,26 +176,38 @@ def save_weights(path: str, variables: Mapping, meta: Mapping[str, Any], *,
     raise ValueError(f"dtype {dtype!r} is not one of {STORAGE_DTYPES}.")
   if not isinstance(variables, Mapping) or "params" not in variables:
     keys = list(variables) if isinstance(variables, Mapping) else type(variables).__name__
-    raise ValueError(f"variables must be a dict with a 'params' collection (and usually "
-                     f"'batch_stats'); got {keys}.")
+    raise ValueError(
+        f"variables must be a dict with a 'params' collection (and usually "
+        f"'batch_stats'); got {keys}."
+    )
   missing = [k for k in REQUIRED_META if k not in meta]
   if missing:
-    raise ValueError(f"meta lacks {missing}; give the checkpoint's metadata (model config "
-                     f"and charset), e.g. loading.load_checkpoint(workdir).meta.")
+    raise ValueError(
+        f"meta lacks {missing}; give the checkpoint's metadata (model config "
+        f"and charset), e.g. loading.load_checkpoint(workdir).meta."
+    )
   try:
     # A checkpoint's per-array digests (checkpoints.digests) describe its float32 arrays and
     # optimiser state, not this file: the file's own SHA-256 covers what it holds.
-    meta_json = json.dumps({k: v for k, v in meta.items() if k != "digests"}, indent=1,
-                           sort_keys=True, ensure_ascii=False)
+    meta_json = json.dumps(
+        {k: v for k, v in meta.items() if k != "digests"},
+        indent=1,
+        sort_keys=True,
+        ensure_ascii=False,
+    )
   except (TypeError, ValueError) as e:
     raise ValueError(f"meta must be JSON-serialisable: {e}.") from None
 
   import jax  # only to fetch device arrays; the format itself needs numpy alone
+
   flat: dict[str, np.ndarray] = {}
   _flatten(jax.device_get(variables), "", flat)
   stored = {name: _stored(name, x, dtype) for name, x in flat.items()}
-  kept32 = tuple(name for name, x in stored.items() if name.startswith("params/")
-                 and x.dtype == np.float32 and dtype == "float16")
+  kept32 = tuple(
+      name
+      for name, x in stored.items()
+      if name.startswith("params/") and x.dtype == np.float32 and dtype == "float16"
+  )
 
   buffer = io.BytesIO()
   with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
@@ -211,8 +229,10 @@ def save_weights(path: str, variables: Mapping, meta: Mapping[str, Any], *,
 
 
 def _corrupt(path: str, why: str) -> ValueError:
-  return ValueError(f"Weights file {path!r} is corrupt or not a crnn_jax weights file "
-                    f"({why}). Download or export it again (scripts/export_weights.py).")
+  return ValueError(
+      f"Weights file {path!r} is corrupt or not a crnn_jax weights file "
+      f"({why}). Download or export it again (scripts/export_weights.py)."
+  )
 
 
 def read_digest(path: str) -> str:
@@ -239,11 +259,16 @@ def load_weights(path: str) -> tuple[dict, dict]:
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise ValueError(f"No weights file at {path!r}"
-                     + (" (it is a folder; a training workdir or checkpoint goes with "
-                        "--workdir/--checkpoint or Recognizer.from_checkpoint)"
-                        if os.path.isdir(path) else "")
-                     + ".")
+    raise ValueError(
+        f"No weights file at {path!r}"
+        + (
+            " (it is a folder; a training workdir or checkpoint goes with "
+            "--workdir/--checkpoint or Recognizer.from_checkpoint)"
+            if os.path.isdir(path)
+            else ""
+        )
+        + "."
+    )
   with open(path, "rb") as f:
     data = f.read()
   body, mark, stored = data[:-_TRAILER], data[-_TRAILER:-_DIGEST_CHARS], data[-_DIGEST_CHARS:]
@@ -265,17 +290,17 @@ def load_weights(path: str) -> tuple[dict, dict]:
         x = np.lib.format.read_array(io.BytesIO(zf.read(member)), allow_pickle=False)
         if np.issubdtype(x.dtype, np.floating):
           x = x.astype(np.float32)
-        *parents, leaf = member[:-len(".npy")].split("/")
+        *parents, leaf = member[: -len(".npy")].split("/")
         node = variables
         for key in parents:
           node = node.setdefault(key, {})
         node[leaf] = x
-  except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError,
-          UnicodeDecodeError) as e:
+  except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, UnicodeDecodeError) as e:
     raise _corrupt(path, f"unreadable: {e}") from None
   missing = [k for k in REQUIRED_META if k not in meta]
   if "params" not in variables or missing:
-    raise _corrupt(path, "no parameters" if "params" not in variables
-                   else f"its metadata lacks {missing}")
+    raise _corrupt(
+        path, "no parameters" if "params" not in variables else f"its metadata lacks {missing}"
+    )
   variables.setdefault("batch_stats", {})
   return variables, meta

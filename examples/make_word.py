@@ -30,12 +30,16 @@ def main() -> int:
 
   image, text = Renderer(seed=SEED, height=32, difficulty=0.3).render(INDEX)
   if text != WORD:
-    print(f"error: Renderer(seed={SEED}).render({INDEX}) drew {text!r}, not {WORD!r}: the "
-          f"installed fonts or word list differ from pyproject.toml's.", file=sys.stderr)
+    print(
+        f"error: Renderer(seed={SEED}).render({INDEX}) drew {text!r}, not {WORD!r}: the "
+        f"installed fonts or word list differ from pyproject.toml's.",
+        file=sys.stderr,
+    )
     return 1
   height, width = image.shape[:2]
   Image.fromarray(image).resize((width * SCALE, height * SCALE), Image.LANCZOS).save(
-      PATH, optimize=True)
+      PATH, optimize=True
+  )
   print(f"{PATH}: {text!r}, {width * SCALE}x{height * SCALE}")
   return 0
 

@@ -19,18 +19,21 @@ from crnn_jax import cli  # noqa: E402  (argparse only: --help answers at once)
 
 def parse_args(argv=None):
   p = cli.parser(__doc__, __file__)
-  p.add_argument("--data", required=True, metavar="SPEC", help="dataset spec, e.g. tsv:FOLDER "
-                 "or synth:N")
+  p.add_argument(
+      "--data", required=True, metavar="SPEC", help="dataset spec, e.g. tsv:FOLDER " "or synth:N"
+  )
   p.add_argument("--out", required=True, metavar="FILE", help="the PNG file to write")
   p.add_argument("--strength", type=float, default=1.0, help="augmentation strength in [0, 1]")
   p.add_argument("--num", type=int, default=48, help="examples (rows) on the sheet")
   p.add_argument("--per-example", type=int, default=3, help="augmented versions per example")
-  p.add_argument("--seed", type=int, default=0, help="picks the examples and seeds the "
-                 "augmentation")
+  p.add_argument(
+      "--seed", type=int, default=0, help="picks the examples and seeds the " "augmentation"
+  )
   p.add_argument("--height", type=int, default=32, help="model input height")
   p.add_argument("--max-width", type=int, default=256, help="widest preprocessed original")
-  p.add_argument("--scale", type=int, default=1, help="enlarge the sheet this many times "
-                 "(nearest)")
+  p.add_argument(
+      "--scale", type=int, default=1, help="enlarge the sheet this many times " "(nearest)"
+  )
   return p.parse_args(argv)
 
 
@@ -60,13 +63,16 @@ def draw_sheet(args) -> None:
       continue
     original = preprocess.resize(image, height=args.height, max_width=args.max_width)
     # Seeded like the loader: (seed, example, version).
-    versions = [augment.augment(original, np.random.default_rng([args.seed, int(index), k]),
-                                args.strength) for k in range(args.per_example)]
+    versions = [
+        augment.augment(original, np.random.default_rng([args.seed, int(index), k]), args.strength)
+        for k in range(args.per_example)
+    ]
     rows.append((text, [original] + versions))
 
   row_h = args.height + _GAP
   width = _LABEL_WIDTH + max(
-      (sum(im.shape[1] + _GAP for im in images) for _, images in rows), default=0)
+      (sum(im.shape[1] + _GAP for im in images) for _, images in rows), default=0
+  )
   sheet = Image.new("RGB", (width + _GAP, len(rows) * row_h + _GAP), _BACKGROUND)
   draw = ImageDraw.Draw(sheet)
   font = ImageFont.load_default(size=min(16, args.height // 2))
@@ -78,11 +84,14 @@ def draw_sheet(args) -> None:
       sheet.paste(Image.fromarray(im, "L").convert("RGB"), (x, y))
       x += im.shape[1] + _GAP
   if args.scale > 1:
-    sheet = sheet.resize((sheet.width * args.scale, sheet.height * args.scale),
-                         Image.Resampling.NEAREST)
+    sheet = sheet.resize(
+        (sheet.width * args.scale, sheet.height * args.scale), Image.Resampling.NEAREST
+    )
   sheet.save(args.out)
-  print(f"{args.out}: {len(rows)} examples x {args.per_example} augmented at strength "
-        f"{args.strength} from {args.data}; {bad} unreadable skipped.")
+  print(
+      f"{args.out}: {len(rows)} examples x {args.per_example} augmented at strength "
+      f"{args.strength} from {args.data}; {bad} unreadable skipped."
+  )
 
 
 def main(argv=None) -> int:

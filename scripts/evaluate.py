@@ -22,12 +22,21 @@ from crnn_jax import cli  # noqa: E402  (argparse only: --help answers at once)
 def parse_args(argv=None):
   p = cli.parser(__doc__, __file__)
   cli.add_model_args(p, batch_size=64)
-  p.add_argument("--data", action="append", required=True, metavar="SPEC",
-                 help="dataset spec, repeatable: tsv:FOLDER (with labels.tsv), "
-                 "synth:N[,seed=S][,difficulty=D], or any spec of the README's table")
+  p.add_argument(
+      "--data",
+      action="append",
+      required=True,
+      metavar="SPEC",
+      help="dataset spec, repeatable: tsv:FOLDER (with labels.tsv), "
+      "synth:N[,seed=S][,difficulty=D], or any spec of the README's table",
+  )
   p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
-  p.add_argument("--errors", metavar="FILE.png", help="write a grid of the worst mistakes "
-                 "(one file per dataset, suffixed, when there are several)")
+  p.add_argument(
+      "--errors",
+      metavar="FILE.png",
+      help="write a grid of the worst mistakes "
+      "(one file per dataset, suffixed, when there are several)",
+  )
   p.add_argument("--num-errors", type=int, default=32, help="mistakes in the --errors grid")
   args = p.parse_args(argv)
   cli.check_model_args(p, args)
@@ -51,10 +60,17 @@ def evaluate(args) -> None:
   from crnn_jax import evaluation
 
   loaded = recognizer.checkpoint
-  print(f"{loaded.kind}: {loaded.where} (step {loaded.step}); decode: {args.decode}"
-        + (f", beam {args.beam_size}" if args.decode != "greedy" else "")
-        + (f", lexicon of {recognizer.lexicon_size} words ({recognizer.lexicon_skipped} "
-           f"with other characters left out)" if args.lexicon else ""), flush=True)
+  print(
+      f"{loaded.kind}: {loaded.where} (step {loaded.step}); decode: {args.decode}"
+      + (f", beam {args.beam_size}" if args.decode != "greedy" else "")
+      + (
+          f", lexicon of {recognizer.lexicon_size} words ({recognizer.lexicon_skipped} "
+          f"with other characters left out)"
+          if args.lexicon
+          else ""
+      ),
+      flush=True,
+  )
   results = []
   for spec in args.data:
     r = evaluation.evaluate(recognizer, spec, num_mistakes=args.num_errors if args.errors else 0)
@@ -62,8 +78,11 @@ def evaluate(args) -> None:
     if r.report.skipped:
       print(r.report.describe(), file=sys.stderr)
     if r.unknown_labels:
-      print(f"{spec}: {r.unknown_labels} labels have characters the model cannot output "
-            f"(evaluated; they count as exact-match mistakes).", file=sys.stderr)
+      print(
+          f"{spec}: {r.unknown_labels} labels have characters the model cannot output "
+          f"(evaluated; they count as exact-match mistakes).",
+          file=sys.stderr,
+      )
     if args.errors:
       path = errors_path(args.errors, spec, len(args.data) > 1)
       Image.fromarray(evaluation.errors_image(r.mistakes)).save(path)

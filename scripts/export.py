@@ -17,42 +17,68 @@ from crnn_jax import cli  # noqa: E402  (argparse only: --help answers at once)
 def parse_args(argv=None):
   p = cli.parser(__doc__, __file__)
   where = p.add_mutually_exclusive_group(required=True)
-  where.add_argument("--workdir", metavar="DIR", help="a training workdir (its best "
-                     "checkpoint, else the latest)")
-  where.add_argument("--checkpoint", metavar="DIR", help="a checkpoint folder (a workdir, "
-                     "its best/ or checkpoints/, or a step folder)")
-  p.add_argument("--out", required=True, metavar="EXPORT_DIR",
-                 help="folder to write the export into")
-  p.add_argument("--platforms", default=None,
-                 help="comma-separated, e.g. cpu,cuda (default: this machine's backend)")
-  p.add_argument("--conv-impl", default=None,
-                 help="convolution traced into the artefact (auto, xla, im2col, winograd); "
-                 "default the checkpoint's. Use xla when exporting for a GPU from a CPU")
-  p.add_argument("--compute-dtype", default=None,
-                 help="dtype traced into the artefact (auto, float32, bfloat16); default the "
-                 "checkpoint's model.compute_dtype, with auto resolved on this machine")
+  where.add_argument(
+      "--workdir",
+      metavar="DIR",
+      help="a training workdir (its best " "checkpoint, else the latest)",
+  )
+  where.add_argument(
+      "--checkpoint",
+      metavar="DIR",
+      help="a checkpoint folder (a workdir, " "its best/ or checkpoints/, or a step folder)",
+  )
+  p.add_argument(
+      "--out", required=True, metavar="EXPORT_DIR", help="folder to write the export into"
+  )
+  p.add_argument(
+      "--platforms",
+      default=None,
+      help="comma-separated, e.g. cpu,cuda (default: this machine's backend)",
+  )
+  p.add_argument(
+      "--conv-impl",
+      default=None,
+      help="convolution traced into the artefact (auto, xla, im2col, winograd); "
+      "default the checkpoint's. Use xla when exporting for a GPU from a CPU",
+  )
+  p.add_argument(
+      "--compute-dtype",
+      default=None,
+      help="dtype traced into the artefact (auto, float32, bfloat16); default the "
+      "checkpoint's model.compute_dtype, with auto resolved on this machine",
+  )
   return p.parse_args(argv)
 
 
 def export(args) -> None:
   flag = "--workdir" if args.workdir else "--checkpoint"
-  cli.existing_folder(flag, args.workdir or args.checkpoint, "the workdir of a training run "
-                      "or a checkpoint folder")
+  cli.existing_folder(
+      flag,
+      args.workdir or args.checkpoint,
+      "the workdir of a training run " "or a checkpoint folder",
+  )
   cli.writable_folder("--out", args.out)
   from absl import logging
+
   logging.set_verbosity(logging.ERROR)  # Orbax reports read-only managers at WARNING
 
   from crnn_jax import export as export_lib
 
   platforms = args.platforms.split(",") if args.platforms else None
-  meta = export_lib.export_checkpoint(args.workdir or args.checkpoint, args.out,
-                                      platforms=platforms, conv_impl=args.conv_impl,
-                                      compute_dtype=args.compute_dtype)
+  meta = export_lib.export_checkpoint(
+      args.workdir or args.checkpoint,
+      args.out,
+      platforms=platforms,
+      conv_impl=args.conv_impl,
+      compute_dtype=args.compute_dtype,
+  )
   size = os.path.getsize(os.path.join(args.out, export_lib.MODEL_FILE))
-  print(f"Exported {meta['checkpoint']['path']} (step {meta['checkpoint']['step']}) to "
-        f"{args.out}: {export_lib.MODEL_FILE} ({size / 1e6:.1f} MB, platforms "
-        f"{','.join(meta['platforms'])}), {export_lib.META_FILE}.\n"
-        f"Run it: python crnn_jax/export_loader.py {args.out} IMAGE...")
+  print(
+      f"Exported {meta['checkpoint']['path']} (step {meta['checkpoint']['step']}) to "
+      f"{args.out}: {export_lib.MODEL_FILE} ({size / 1e6:.1f} MB, platforms "
+      f"{','.join(meta['platforms'])}), {export_lib.META_FILE}.\n"
+      f"Run it: python crnn_jax/export_loader.py {args.out} IMAGE..."
+  )
 
 
 def main(argv=None) -> int:

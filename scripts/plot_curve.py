@@ -32,16 +32,18 @@ def read_scalars(workdir: str) -> dict:
 
   files = sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")))
   if not files:
-    raise cli.UserError(f"--workdir {workdir}: no TensorBoard event files in "
-                        f"{workdir}/tensorboard; give the workdir of a training run.")
+    raise cli.UserError(
+        f"--workdir {workdir}: no TensorBoard event files in "
+        f"{workdir}/tensorboard; give the workdir of a training run."
+    )
   out = {}
   for path in files:
     with open(path, "rb") as f:
       data = f.read()
     pos = 0
     while pos + 12 <= len(data):  # TFRecord: length, its CRC, the record, its CRC
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      record = data[pos + 12:pos + 12 + length]
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      record = data[pos + 12 : pos + 12 + length]
       pos += 12 + length + 4
       event = event_pb2.Event.FromString(record)
       for value in event.summary.value:
@@ -59,8 +61,10 @@ def draw(scalars: dict, metric: str, path: str):
   image = Image.new("RGB", (width, height), "white")
   d = ImageDraw.Draw(image)
   last = max([max(v) for v in scalars.values() if v] + [1])
-  panels = [("training loss", {"train/loss": loss}, max(loss.values(), default=1.0)),
-            (f"validation {metric}", {t: scalars[t] for t in sets}, 1.0)]
+  panels = [
+      ("training loss", {"train/loss": loss}, max(loss.values(), default=1.0)),
+      (f"validation {metric}", {t: scalars[t] for t in sets}, 1.0),
+  ]
   for k, (title, series, top) in enumerate(panels):
     y0, y1 = pad + k * (height // 2), (k + 1) * (height // 2) - pad // 2
     d.rectangle((pad, y0, width - pad // 2, y1), outline="black")
@@ -72,8 +76,10 @@ def draw(scalars: dict, metric: str, path: str):
       x = pad + frac * (width - 1.5 * pad)
       d.text((x - 10, y1 + 4), f"{int(frac * last)}", fill="black")
     for i, (tag, values) in enumerate(sorted(series.items())):
-      points = [(pad + s / last * (width - 1.5 * pad), y1 - min(v, top) / top * (y1 - y0))
-                for s, v in sorted(values.items())]
+      points = [
+          (pad + s / last * (width - 1.5 * pad), y1 - min(v, top) / top * (y1 - y0))
+          for s, v in sorted(values.items())
+      ]
       colour = COLOURS[i % len(COLOURS)]
       if len(points) > 1:
         d.line(points, fill=colour, width=2)

@@ -36,8 +36,9 @@ def predict(args) -> int:
 
   paths = recognizer_lib.expand_paths(args.inputs)
   if not paths:
-    raise cli.UserError(f"no image files found in {' '.join(args.inputs)}; give images or "
-                        f"folders holding some.")
+    raise cli.UserError(
+        f"no image files found in {' '.join(args.inputs)}; give images or " f"folders holding some."
+    )
   failed = 0
   for r in recognizer_lib.recognize_files(recognizer, paths):
     if r.error is not None:

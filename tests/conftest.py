@@ -34,8 +34,10 @@ def pytest_collection_modifyitems(config, items):
   del config
   if os.path.isdir(REAL):
     return
-  skip = pytest.mark.skip(reason=f"needs the real word crops in {REAL} (beside the "
-                          f"repository in CI; set CRNN_JAX_REAL_DATA=DIR to use another copy)")
+  skip = pytest.mark.skip(
+      reason=f"needs the real word crops in {REAL} (beside the "
+      f"repository in CI; set CRNN_JAX_REAL_DATA=DIR to use another copy)"
+  )
   for item in items:
     if "real_data" in item.keywords:
       item.add_marker(skip)
@@ -57,6 +59,7 @@ def reading_weights(tmp_path_factory) -> str:
   of the file's three keeps it to one compilation of the seed model per caller.
   """
   from crnn_jax import weights
+
   if not os.path.isfile(weights.PRETRAINED_FILE):
     pytest.skip(f"{weights.PRETRAINED_FILE} is not in this copy")
   variables, meta = weights.load_weights(weights.PRETRAINED_FILE)
@@ -71,4 +74,5 @@ def reading_weights(tmp_path_factory) -> str:
 def reading_model(reading_weights):
   """A Recognizer of ``reading_weights`` (greedy, batches of 8), shared by the test files."""
   from crnn_jax.recognizer import Recognizer
+
   return Recognizer.from_weights(reading_weights, batch_size=READING_BATCH)

@@ -11,7 +11,8 @@ from configs import base
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = os.environ.get("CRNN_JAX_REAL_DATA") or os.path.join(
-    os.path.dirname(REPO), "shared", "data", "real")
+    os.path.dirname(REPO), "shared", "data", "real"
+)
 
 
 def real(name: str) -> str:

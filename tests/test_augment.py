@@ -10,7 +10,7 @@ def _bars(width=120, height=32, n=5, bar=6, margin=6, ink=0, background=255):
   """n dark vertical bars ("letters") on a light background; the outer ones `margin` px in."""
   image = np.full((height, width), background, np.uint8)
   for x in np.linspace(margin, width - margin - bar, n).round().astype(int):
-    image[6:26, x:x + bar] = ink
+    image[6:26, x : x + bar] = ink
   return image
 
 
@@ -119,8 +119,15 @@ def test_exposed_corners_take_the_border_colour():
   # A rotated, sheared white crop: black corners would be a fill of 0.
   image = np.full((32, 100), 255, np.uint8)
   image[10:20, 20:80] = 0
-  out = augment.warp(image, angle=0.07, shear=0.3, perspective=(0.1, 0.1), curve=0.2,
-                     margins=(0.08, 0.15, 0.08, 0.15), fill=augment.border_value(image))
+  out = augment.warp(
+      image,
+      angle=0.07,
+      shear=0.3,
+      perspective=(0.1, 0.1),
+      curve=0.2,
+      margins=(0.08, 0.15, 0.08, 0.15),
+      fill=augment.border_value(image),
+  )
   assert out.shape[0] == 32
   for corner in (out[:3, :3], out[:3, -3:], out[-3:, :3], out[-3:, -3:]):
     assert corner.min() > 250
@@ -130,8 +137,7 @@ def test_warp_squeezes_to_max_width_and_keeps_height():
   image = _bars(width=60)
   out = augment.warp(image, shear=0.3, margins=(0.08, 0.0, 0.08, 0.0), fill=255)
   assert out.shape[1] > 70
-  squeezed = augment.warp(image, shear=0.3, margins=(0.08, 0.0, 0.08, 0.0), fill=255,
-                          max_width=62)
+  squeezed = augment.warp(image, shear=0.3, margins=(0.08, 0.0, 0.08, 0.0), fill=255, max_width=62)
   assert squeezed.shape == (32, 62)
   assert len(_runs(_ink_columns(squeezed))) == 5
 
@@ -175,9 +181,13 @@ def test_label_is_kept(strength, min_share, invert):
   image = _bars()
   if invert:
     image = 255 - image
-  failed = [i for i in range(250)
-            if not _label_kept(augment.augment(image, np.random.default_rng([4, i]), strength),
-                               image, min_share)]
+  failed = [
+      i
+      for i in range(250)
+      if not _label_kept(
+          augment.augment(image, np.random.default_rng([4, i]), strength), image, min_share
+      )
+  ]
   assert not failed, f"seeds {failed[:10]} lost part of the word"
 
 
@@ -188,13 +198,16 @@ def test_bad_strength_raises(strength):
   assert "strength" in str(info.value) and repr(strength) in str(info.value)
 
 
-@pytest.mark.parametrize("image,shown", [
-    (np.zeros((32, 100, 3), np.uint8), "(32, 100, 3)"),
-    (np.zeros((32, 100), np.float32), "float32"),
-    (np.zeros((0, 100), np.uint8), "(0, 100)"),
-    (np.zeros(100, np.uint8), "(100,)"),
-    ([[0, 255]], "list"),
-])
+@pytest.mark.parametrize(
+    "image,shown",
+    [
+        (np.zeros((32, 100, 3), np.uint8), "(32, 100, 3)"),
+        (np.zeros((32, 100), np.float32), "float32"),
+        (np.zeros((0, 100), np.uint8), "(0, 100)"),
+        (np.zeros(100, np.uint8), "(100,)"),
+        ([[0, 255]], "list"),
+    ],
+)
 def test_bad_image_raises(image, shown):
   with pytest.raises(ValueError) as info:
     augment.augment(image, np.random.default_rng(0), 0.5)

@@ -25,8 +25,9 @@ def test_best_checkpoint_is_kept_and_loaded_by_default(tmp_path):
 
   def state_at(step):  # a state told apart by its classifier bias and step
     bias = base.params["classifier"]["bias"]
-    params = dict(base.params, classifier=dict(base.params["classifier"],
-                                               bias=bias + np.float32(step)))
+    params = dict(
+        base.params, classifier=dict(base.params["classifier"], bias=bias + np.float32(step))
+    )
     return base.replace(step=jax.device_put(np.int32(step), base.step.sharding), params=params)
 
   ckpts = checkpoints.Checkpoints(workdir)
@@ -40,8 +41,9 @@ def test_best_checkpoint_is_kept_and_loaded_by_default(tmp_path):
 
   loaded = loading.load_checkpoint(workdir)
   assert loaded.step == 4 and "best" in loaded.where
-  np.testing.assert_array_equal(loaded.variables["params"]["classifier"]["bias"],
-                                state_at(4).params["classifier"]["bias"])
+  np.testing.assert_array_equal(
+      loaded.variables["params"]["classifier"]["bias"], state_at(4).params["classifier"]["bias"]
+  )
   # A folder of latest checkpoints, named explicitly, gives its latest.
   assert loading.load_checkpoint(f"{workdir}/checkpoints").step == 6
 
@@ -51,5 +53,6 @@ def test_best_checkpoint_is_kept_and_loaded_by_default(tmp_path):
   assert ckpts.best.all_steps() == [4]
   np.testing.assert_array_equal(
       loading.load_checkpoint(workdir).variables["params"]["classifier"]["bias"],
-      state_at(40).params["classifier"]["bias"])
+      state_at(40).params["classifier"]["bias"],
+  )
   ckpts.close()

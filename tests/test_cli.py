@@ -48,8 +48,14 @@ def test_every_script_shows_the_same_help_style():
   """Each script's --help exits 0 with argparse's usage line, hyphenated long options and
   --verbose, without importing jax. Breaks on an absl flag (--help exits 1 and spells
   --batch_size), a script outside cli.parser, or a heavy import before parsing."""
-  done = subprocess.run([sys.executable, "-c", _HELP_ALL, *SCRIPTS], capture_output=True,
-                        text=True, cwd=REPO, env=_ENV, timeout=120)
+  done = subprocess.run(
+      [sys.executable, "-c", _HELP_ALL, *SCRIPTS],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      env=_ENV,
+      timeout=120,
+  )
   assert done.returncode == 0, done.stderr
   result = json.loads(done.stdout)
   assert not result["jax_imported"]
@@ -58,8 +64,11 @@ def test_every_script_shows_the_same_help_style():
     assert code == 0, name
     assert text.startswith(f"usage: {name} [-h] [--verbose]"), text[:200]
     options = set(re.findall(r"(?<![\w-])--[\w-]+(?:\.[\w-]+)*", text)) - {"--config.GROUP.FIELD"}
-    odd = {o for o in options
-           if not re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)*", o) and not o.startswith("--config.")}
+    odd = {
+        o
+        for o in options
+        if not re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)*", o) and not o.startswith("--config.")
+    }
     assert not odd, (name, odd)
 
 
@@ -80,42 +89,90 @@ def paths(tmp_path_factory):
 
 # (script and arguments, what the line must say, exit status); {root} is a temporary folder.
 PRE_JAX_MISTAKES = [
-    (["train.py", "--config", "configs/quick.py", "--workdir", "{root}/w",
-      "--config.train.num_stesp=5"],
-     "--config.train.num_stesp: the config has no field 'num_stesp'; did you mean "
-     "'num_steps'?", 1),
-    (["train.py", "--config", "configs/quik.py", "--workdir", "{root}/w"],
-     "--config configs/quik.py: no such file", 1),
-    (["train.py", "--config", "configs/quick.py", "--workdir", "{root}/a_file"],
-     "--workdir {root}/a_file is a file", 1),
-    (["train.py", "--config", "configs/quick.py", "--workdir", "{root}/w", "--worker", "1"],
-     "unrecognized arguments: --worker 1", 2),
-    (["predict.py", "--workdir", "{root}/missing", "x.png"],
-     "--workdir {root}/missing: no such folder; give the workdir of a training run.", 1),
-    (["evaluate.py", "--workdir", "{root}/a_file", "--data", "synth:5"],
-     "--workdir {root}/a_file is a file, not a folder", 1),
-    (["evaluate.py", "--weights", "{root}/missing.npz", "--data", "synth:5"],
-     "--weights {root}/missing.npz: no such file", 1),
-    (["predict.py", "--lexicon", "{root}/missing.txt", "x.png"],
-     "--lexicon {root}/missing.txt: no such file", 1),
-    (["export.py", "--checkpoint", "{root}/missing", "--out", "{root}/e"],
-     "--checkpoint {root}/missing: no such folder", 1),
-    (["export_weights.py", "--workdir", "{root}/missing", "--out", "{root}/w.npz"],
-     "--workdir {root}/missing: no such folder", 1),
-    (["plot_curve.py", "--workdir", "{root}/empty"],
-     "--workdir {root}/empty: no TensorBoard event files", 1),
-    (["predict.py", "--decode", "greedy", "--top-k", "3", "x.png"],
-     "--top-k > 1 needs --decode beam or lexicon", 2),
+    (
+        [
+            "train.py",
+            "--config",
+            "configs/quick.py",
+            "--workdir",
+            "{root}/w",
+            "--config.train.num_stesp=5",
+        ],
+        "--config.train.num_stesp: the config has no field 'num_stesp'; did you mean "
+        "'num_steps'?",
+        1,
+    ),
+    (
+        ["train.py", "--config", "configs/quik.py", "--workdir", "{root}/w"],
+        "--config configs/quik.py: no such file",
+        1,
+    ),
+    (
+        ["train.py", "--config", "configs/quick.py", "--workdir", "{root}/a_file"],
+        "--workdir {root}/a_file is a file",
+        1,
+    ),
+    (
+        ["train.py", "--config", "configs/quick.py", "--workdir", "{root}/w", "--worker", "1"],
+        "unrecognized arguments: --worker 1",
+        2,
+    ),
+    (
+        ["predict.py", "--workdir", "{root}/missing", "x.png"],
+        "--workdir {root}/missing: no such folder; give the workdir of a training run.",
+        1,
+    ),
+    (
+        ["evaluate.py", "--workdir", "{root}/a_file", "--data", "synth:5"],
+        "--workdir {root}/a_file is a file, not a folder",
+        1,
+    ),
+    (
+        ["evaluate.py", "--weights", "{root}/missing.npz", "--data", "synth:5"],
+        "--weights {root}/missing.npz: no such file",
+        1,
+    ),
+    (
+        ["predict.py", "--lexicon", "{root}/missing.txt", "x.png"],
+        "--lexicon {root}/missing.txt: no such file",
+        1,
+    ),
+    (
+        ["export.py", "--checkpoint", "{root}/missing", "--out", "{root}/e"],
+        "--checkpoint {root}/missing: no such folder",
+        1,
+    ),
+    (
+        ["export_weights.py", "--workdir", "{root}/missing", "--out", "{root}/w.npz"],
+        "--workdir {root}/missing: no such folder",
+        1,
+    ),
+    (
+        ["plot_curve.py", "--workdir", "{root}/empty"],
+        "--workdir {root}/empty: no TensorBoard event files",
+        1,
+    ),
+    (
+        ["predict.py", "--decode", "greedy", "--top-k", "3", "x.png"],
+        "--top-k > 1 needs --decode beam or lexicon",
+        2,
+    ),
 ]
 
 
-@pytest.mark.parametrize("argv,says,status", PRE_JAX_MISTAKES,
-                         ids=[f"{a[0]}:{s[:30]}" for a, s, _ in PRE_JAX_MISTAKES])
+@pytest.mark.parametrize(
+    "argv,says,status", PRE_JAX_MISTAKES, ids=[f"{a[0]}:{s[:30]}" for a, s, _ in PRE_JAX_MISTAKES]
+)
 def test_user_errors_are_one_line_before_jax_loads(paths, argv, says, status):
   argv = [a.format(root=paths) for a in argv]
-  done = subprocess.run([sys.executable, "-X", "importtime",
-                         os.path.join(REPO, "scripts", argv[0]), *argv[1:]],
-                        capture_output=True, text=True, cwd=REPO, env=_ENV, timeout=60)
+  done = subprocess.run(
+      [sys.executable, "-X", "importtime", os.path.join(REPO, "scripts", argv[0]), *argv[1:]],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      env=_ENV,
+      timeout=60,
+  )
   line = _one_line_error(done.stderr)
   assert says.format(root=paths) in line
   assert done.returncode == status
@@ -123,8 +180,9 @@ def test_user_errors_are_one_line_before_jax_loads(paths, argv, says, status):
 
 
 def _load_script(name: str):
-  spec = importlib.util.spec_from_file_location(f"script_{name}",
-                                                os.path.join(REPO, "scripts", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+      f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -141,10 +199,17 @@ def test_unusable_training_data_is_one_line(tmp_path, monkeypatch, capsys):
   """No image of the training folder exists: one line naming the data, not a traceback."""
   (tmp_path / "labels.tsv").write_text("a.png\tHELLO\nb.png\tWORLD\n")
   monkeypatch.setenv("CRNN_JAX_MALLOC", "system")  # leave this process's allocator alone
-  code = _load_script("train").main([
-      "--config", os.path.join(REPO, "configs", "quick.py"), "--workdir",
-      str(tmp_path / "run"), f"--config.data.train=tsv:{tmp_path}",
-      f"--config.data.eval=tsv:{tmp_path}", "--config.eval.batch_size=8"])
+  code = _load_script("train").main(
+      [
+          "--config",
+          os.path.join(REPO, "configs", "quick.py"),
+          "--workdir",
+          str(tmp_path / "run"),
+          f"--config.data.train=tsv:{tmp_path}",
+          f"--config.data.eval=tsv:{tmp_path}",
+          "--config.eval.batch_size=8",
+      ]
+  )
   line = _one_line_error(capsys.readouterr().err)
   assert code == 1
   assert line.startswith(f"error: data.train member 'tsv:{tmp_path}' has no usable example.")

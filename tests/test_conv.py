@@ -46,6 +46,7 @@ def _loss(fn, padding):
   # A nonlinear loss, so the output gradient differs at every pixel.
   def loss(x, k, b, r):
     return jnp.sum(jnp.sin(fn(x, k, padding) + b) * r)
+
   return loss
 
 
@@ -67,6 +68,7 @@ def test_outputs_and_gradients_match_lax(impl, shape, cout, kernel, padding):
     # One program with both formulations: output, and gradients wrt input, kernel, bias.
     def run(fn):
       return fn(x, k, padding), jax.grad(_loss(fn, padding), argnums=(0, 1, 2))(x, k, b, r)
+
     return run(_conv(impl)), run(conv.conv2d_xla)
 
   (out, grads), (ref_out, ref_grads) = both(x, k, b, r)
@@ -120,8 +122,9 @@ def test_conv_module_parameters_match_flax_conv(impl):
     conv.Conv(7, impl="fast").init(jax.random.key(2), x)
 
 
-@pytest.mark.parametrize("shape,window", [((2, 8, 12, 3), (2, 2)), ((2, 9, 7, 3), (2, 2)),
-                                          ((3, 8, 6, 4), (2, 1))])
+@pytest.mark.parametrize(
+    "shape,window", [((2, 8, 12, 3), (2, 2)), ((2, 9, 7, 3), (2, 2)), ((3, 8, 6, 4), (2, 1))]
+)
 def test_max_pool_matches_flax_including_ties(shape, window):
   # Small integers: many windows hold their maximum twice, where only tie-breaking
   # decides which input gets the gradient.
@@ -133,6 +136,7 @@ def test_max_pool_matches_flax_including_ties(shape, window):
   def both(x, r):
     def run(pool):
       return pool(x), jax.grad(lambda x: jnp.sum(pool(x) * r))(x)
+
     return run(lambda x: conv.max_pool(x, window)), run(lambda x: nn.max_pool(x, window, window))
 
   (out, grad), (ref, ref_grad) = both(x, r.astype(np.float32))
@@ -151,22 +155,30 @@ def test_model_with_fast_convolutions_matches_plain_model():
   # Random parameters in place of init, whose compile (orthogonal LSTM kernels) is slow.
   shapes = jax.eval_shape(plain.init, jax.random.key(6), images, widths)
   rng = np.random.RandomState(6)
+
   def param(s):
     fan_in = np.prod(s.shape[:-1]) if len(s.shape) > 1 else 10
     return (rng.standard_normal(s.shape) / np.sqrt(fan_in)).astype(np.float32)
 
   variables = {
       "params": jax.tree.map(param, shapes["params"]),
-      "batch_stats": jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
-                                  shapes["batch_stats"]),
+      "batch_stats": jax.tree.map(
+          lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32), shapes["batch_stats"]
+      ),
   }
 
   def run(model):
     def loss(params):
       (logits, pads), updates = model.apply(
-          {"params": params, "batch_stats": variables["batch_stats"]}, images, widths,
-          train=True, rngs={"dropout": jax.random.key(7)}, mutable=["batch_stats"])
+          {"params": params, "batch_stats": variables["batch_stats"]},
+          images,
+          widths,
+          train=True,
+          rngs={"dropout": jax.random.key(7)},
+          mutable=["batch_stats"],
+      )
       return jnp.sum(jnp.where(pads[..., None] < 0.5, jnp.tanh(logits), 0.0)), (logits, updates)
+
     return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
 
   (grads, (logits, updates)), (ref_grads, (ref_logits, ref_updates)) = run(fast), run(plain)

@@ -16,8 +16,9 @@ SVT = real("svt_train")
 
 def _prepare(spec_or_source, **kw):
   """A cached index (images preprocessed in memory), as evaluation sets and small sets get."""
-  source = specs.open_source(spec_or_source) if isinstance(spec_or_source, str) else (
-      spec_or_source)
+  source = (
+      specs.open_source(spec_or_source) if isinstance(spec_or_source, str) else (spec_or_source)
+  )
   args = dict(charset=Charset(), height=32, width_buckets=(64, 128, 256), cache=True)
   args.update(kw)
   return index.build_index(source, **args)
@@ -25,8 +26,9 @@ def _prepare(spec_or_source, **kw):
 
 def _images(idx):
   """(image, text) of every cached example, bucket by bucket."""
-  return [(idx.cache[int(i)].image, idx.cache[int(i)].text)
-          for members in idx.members for i in members]
+  return [
+      (idx.cache[int(i)].image, idx.cache[int(i)].text) for members in idx.members for i in members
+  ]
 
 
 @pytest.mark.real_data
@@ -63,7 +65,7 @@ def _folder_with_problems(tmp_path):
   good = Image.open(folder / "img" / sorted(os.listdir(folder / "img"))[0])
   good.save(folder / "img" / "trunc.jpg")
   data = (folder / "img" / "trunc.jpg").read_bytes()
-  (folder / "img" / "trunc.jpg").write_bytes(data[:len(data) // 3])
+  (folder / "img" / "trunc.jpg").write_bytes(data[: len(data) // 3])
   lines.append("img/trunc.jpg\tCUT")
   lines.append("line without a tab")
   lines.append(f"img/{name}\t")  # empty label
@@ -77,8 +79,7 @@ def test_missing_and_corrupt_files_are_skipped_counted_and_named(tmp_path):
   prep = _prepare("tsv:" + str(folder))
   r = prep.report
   assert r.total == 11 and r.usable == 6 and len(prep) == 6
-  assert r.skipped == {"missing_file": 1, "corrupt_image": 2, "malformed_line": 1,
-                       "empty_label": 1}
+  assert r.skipped == {"missing_file": 1, "corrupt_image": 2, "malformed_line": 1, "empty_label": 1}
   text = r.describe()
   assert "not_there.jpg" in text and "bad.png" in text and "trunc.jpg" in text
   assert sorted(t for _, t in _images(prep)) == [f"WORD{i}" for i in range(6)]
@@ -96,14 +97,17 @@ def test_empty_or_unusable_dataset_is_a_clear_error(tmp_path):
     labels.check_usable(prep.report)
   # All labels use characters the charset lacks.
   prep = _prepare("tsv:" + real("captcha_digits"), charset=Charset("abc"))
-  with pytest.raises(ValueError, match=r"(?s)0 of 2000 examples usable.*2000 +labels with "
-                                       r"characters outside the charset.*captcha_digits"):
+  with pytest.raises(
+      ValueError,
+      match=r"(?s)0 of 2000 examples usable.*2000 +labels with "
+      r"characters outside the charset.*captcha_digits",
+  ):
     labels.check_usable(prep.report)
 
 
 @pytest.mark.real_data
 def test_unknown_chars_error_mode_names_character():
-  with pytest.raises(ValueError, match="Character \"'\" in text"):
+  with pytest.raises(ValueError, match='Character "\'" in text'):
     _prepare("tsv:" + SVT, unknown_chars="error")
 
 
@@ -111,8 +115,10 @@ def test_long_labels_fit_or_are_reported(tmp_path):
   folder = tmp_path / "long"
   folder.mkdir()
   Image.new("L", (60, 30), 255).save(folder / "short_img.png")
-  lines = ["short_img.png\t" + "ab" * 20,   # 40 chars: needs a wider image than 60 px
-           "short_img.png\t" + "a" * 80]    # 80 repeats need 159 frames > 63 at width 256
+  lines = [
+      "short_img.png\t" + "ab" * 20,  # 40 chars: needs a wider image than 60 px
+      "short_img.png\t" + "a" * 80,
+  ]  # 80 repeats need 159 frames > 63 at width 256
   (folder / "labels.tsv").write_text("\n".join(lines))
   prep = _prepare(f"tsv:{folder}")
   assert prep.report.usable == 1 and prep.report.skipped == {"label_too_long": 1}
@@ -135,8 +141,10 @@ def test_preprocess_accepts_arrays_pil_and_alpha():
   assert out.shape == (32, 80) and out.min() == 255
   floats = np.random.default_rng(0).uniform(size=(16, 16)).astype(np.float32)
   assert preprocess.resize(floats, height=32, max_width=256).shape == (32, 32)
-  assert preprocess.resize(np.zeros((64, 2000, 3), np.uint8), height=32,
-                           max_width=256).shape == (32, 256)
+  assert preprocess.resize(np.zeros((64, 2000, 3), np.uint8), height=32, max_width=256).shape == (
+      32,
+      256,
+  )
   with pytest.raises(ValueError, match="shape"):
     preprocess.resize(np.zeros((2, 3, 4, 5)), height=32, max_width=64)
 
@@ -157,6 +165,8 @@ def test_synth_spec_passes_the_renderer_looks():
   assert (renderer.soft, renderer.extrude) == (0.5, 0.25)
   with pytest.raises(ValueError, match="soft"):
     specs.open_source("synth:5,soft=2").read(0)
+
+
 def test_synth_spec_reads_the_renderer():
   """``synth:N,seed=S,difficulty=D`` with a height and charset: N examples, each the
   renderer's image and text for (S, index), the same whether read one by one or as a
@@ -167,6 +177,7 @@ def test_synth_spec_reads_the_renderer():
   source reports would not open the same source again.
   """
   from crnn_jax.data import render
+
   chars = "abcdefghijklmnopqrstuvwxyz"
   source = specs.open_source("synth:4,seed=3,difficulty=0.0", height=24, charset=chars)
   assert len(source) == 4 and source.spec == "synth:4,seed=3,difficulty=0.0"
@@ -185,8 +196,7 @@ def test_synth_spec_reads_the_renderer():
   assert harder.text(0) == one_by_one[0][1]
   assert not np.array_equal(harder.read(0)[0], one_by_one[0][0])
   other_seed = specs.open_source("synth:4,seed=4,difficulty=0.0", height=24, charset=chars)
-  assert [other_seed.text(i) for i in range(4)] != [
-      t for _, t, _ in one_by_one]
+  assert [other_seed.text(i) for i in range(4)] != [t for _, t, _ in one_by_one]
   endless = specs.open_source("synth:inf,seed=3,difficulty=0", height=24, charset=chars)
   assert endless.endless and len(endless) > 10**15
   np.testing.assert_array_equal(endless.read(2)[0], one_by_one[2][0])
@@ -230,7 +240,7 @@ def test_eval_batches_cover_every_example_once():
   for batch, t, _ in batching.eval_batches(prep, 32, 32):
     assert batch["images"].shape[0] == 32
     assert int(batch["mask"].sum()) == len(t)
-    assert (batch["widths"][len(t):] == 0).all()
+    assert (batch["widths"][len(t) :] == 0).all()
     texts += t
     rows += 32
   assert sorted(texts) == sorted(t for _, t in _images(prep))

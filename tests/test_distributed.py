@@ -21,6 +21,9 @@ def test_device_count_mismatch_is_a_clear_error_on_every_process(monkeypatch):
   devices = [types.SimpleNamespace(process_index=p) for p in (0, 0, 0, 0, 1, 1)]
   monkeypatch.setattr(jax, "devices", lambda *a: devices)
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  with pytest.raises(ValueError, match=r"processes disagree on \['local_devices'\] "
-                     r"\(process 0: local_devices=4; process 1: local_devices=2\)"):
+  with pytest.raises(
+      ValueError,
+      match=r"processes disagree on \['local_devices'\] "
+      r"\(process 0: local_devices=4; process 1: local_devices=2\)",
+  ):
     distributed.check_agreement(tiny_config())

@@ -16,8 +16,9 @@ from crnn_jax import evaluation, metrics
 from crnn_jax.data import readers
 from crnn_jax.recognizer import read_image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "scripts"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+)
 import evaluate as evaluate_script  # noqa: E402  scripts/evaluate.py
 
 # Five (truth, prediction, confidence) triples, worked out by hand below.
@@ -56,12 +57,14 @@ def test_metrics_by_hand():
   assert result["confidence"] == pytest.approx(np.mean(CONFS))
   # Sums add up over chunks, as evaluation accumulates them.
   split = metrics.sums(TRUTHS[:2], PREDS[:2], CONFS[:2]) + metrics.sums(
-      TRUTHS[2:], PREDS[2:], CONFS[2:])
+      TRUTHS[2:], PREDS[2:], CONFS[2:]
+  )
   assert metrics.summarize(split) == result
 
 
 class FakeSource(readers.Source):
   """Images whose first pixel is their index; some examples are broken."""
+
   spec = "fake:"
 
   def __init__(self, labels):
@@ -80,6 +83,7 @@ class FakeSource(readers.Source):
 
 class FakeRecognizer:
   """Answers a fixed prediction per example index (read from the image's pixels)."""
+
   height = 32
 
   def __init__(self, answers, charset):
@@ -99,8 +103,7 @@ class FakeRecognizer:
 def test_evaluate_source_by_hand():
   """Hand-computed metrics end to end; bad and empty examples reported, not counted."""
   labels = ["Hello", None, "WORLD", "it's", "", "abc", "x"]
-  answers = {0: ("Hello", 0.9), 2: ("world", 0.8), 3: ("its", 0.5), 5: ("abd", 0.4),
-             6: ("", 0.1)}
+  answers = {0: ("Hello", 0.9), 2: ("world", 0.8), 3: ("its", 0.5), 5: ("abd", 0.4), 6: ("", 0.1)}
   rec = FakeRecognizer(answers, charset_lib.Charset())
   result = evaluation.evaluate_source(rec, FakeSource(labels), chunk=3, num_mistakes=2)
   expected = metrics.summarize(metrics.sums(TRUTHS, PREDS, CONFS))
@@ -116,15 +119,17 @@ def test_evaluate_source_by_hand():
 
 
 def test_case_folded_model_is_compared_on_folded_truths():
-  rec = FakeRecognizer({0: ("hello", 1.0)}, charset_lib.Charset("abcdefghijklmnopqrstuvwxyz",
-                                                                 case_fold=True))
+  rec = FakeRecognizer(
+      {0: ("hello", 1.0)}, charset_lib.Charset("abcdefghijklmnopqrstuvwxyz", case_fold=True)
+  )
   result = evaluation.evaluate_source(rec, FakeSource(["HeLLo"]))
   assert result.metrics["word_acc"] == 1.0 and result.unknown_labels == 0
 
 
 @pytest.mark.real_data
-def test_evaluate_script_every_example_json_errors(reading_weights, reading_model, tmp_path,
-                                                  capsys):
+def test_evaluate_script_every_example_json_errors(
+    reading_weights, reading_model, tmp_path, capsys
+):
   """37 usable examples in batches of 16 (not a multiple), a corrupt file, a bad line, with
   a model that reads about 60% of them: the JSON numbers equal those computed from the
   Recognizer's own answers (in batches of 8), and each mistakes grid has one row per
@@ -141,10 +146,24 @@ def test_evaluate_script_every_example_json_errors(reading_weights, reading_mode
   with open(tmp_path / "data" / "labels.tsv", "a", encoding="utf-8") as f:
     f.write("broken.png\tBROKEN\nno tab on this line\n")
   spec2 = tiny_model.write_tsv(str(tmp_path / "few"), "svt_train", lines[:5])
-  code = evaluate_script.main([
-      "--weights", reading_weights, "--data", spec, "--data", spec2, "--batch-size", "16",
-      "--json", str(tmp_path / "out.json"), "--errors", str(tmp_path / "errors.png"),
-      "--num-errors", "4"])
+  code = evaluate_script.main(
+      [
+          "--weights",
+          reading_weights,
+          "--data",
+          spec,
+          "--data",
+          spec2,
+          "--batch-size",
+          "16",
+          "--json",
+          str(tmp_path / "out.json"),
+          "--errors",
+          str(tmp_path / "errors.png"),
+          "--num-errors",
+          "4",
+      ]
+  )
   out, err = capsys.readouterr()
   assert code == 0
   assert "broken.png" in err and "labels.tsv:39" in err  # reported with where they are

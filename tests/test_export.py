@@ -57,8 +57,11 @@ def test_round_trip_equals_the_live_model(recognizer, export_dir):
   exported, meta = export.load(export_dir)
   assert meta["charset"] == recognizer.charset.chars and meta["width_buckets"] == [64, 128]
   assert [str(d) for d in exported.in_avals[0].shape] == ["b", "32", "4*w"]
-  live = jax.jit(lambda x, w: recognizer.model.apply(
-      recognizer.variables, x.astype(np.float32)[..., None] / 255.0, w, train=False))
+  live = jax.jit(
+      lambda x, w: recognizer.model.apply(
+          recognizer.variables, x.astype(np.float32)[..., None] / 255.0, w, train=False
+      )
+  )
   rng = np.random.default_rng(0)
   for batch, width in [(3, 64), (5, 128), (1, 96)]:  # symbolic batch and width
     images, widths = padded_batch(rng, batch, width)
@@ -76,16 +79,20 @@ def test_round_trip_equals_the_live_model(recognizer, export_dir):
 @pytest.mark.real_data
 def test_loader_preprocesses_like_training():
   rng = np.random.default_rng(1)
-  images = [rng.integers(0, 256, (20, 90), dtype=np.uint8),
-            rng.integers(0, 256, (64, 500, 3), dtype=np.uint8),
-            rng.random((30, 40, 1)).astype(np.float32),
-            Image.fromarray(rng.integers(0, 256, (50, 120, 4), dtype=np.uint8), "RGBA"),
-            read_image(os.path.join(SVT, "1.jpg")), read_image(os.path.join(PLATES, "ak1165.png"))]
+  images = [
+      rng.integers(0, 256, (20, 90), dtype=np.uint8),
+      rng.integers(0, 256, (64, 500, 3), dtype=np.uint8),
+      rng.random((30, 40, 1)).astype(np.float32),
+      Image.fromarray(rng.integers(0, 256, (50, 120, 4), dtype=np.uint8), "RGBA"),
+      read_image(os.path.join(SVT, "1.jpg")),
+      read_image(os.path.join(PLATES, "ak1165.png")),
+  ]
   for image in images:
     for mode in ("pad", "stretch"):
       np.testing.assert_array_equal(
           loader.resize(image, height=32, max_width=128, mode=mode, min_width=8),
-          preprocess.resize(image, height=32, max_width=128, mode=mode))
+          preprocess.resize(image, height=32, max_width=128, mode=mode),
+      )
 
 
 @pytest.mark.real_data
@@ -100,18 +107,20 @@ def test_standalone_loader_matches_the_recognizer(reading_model, reading_export,
   imports crnn_jax, or if one bad file stops the run.
   """
   labelled = {"3.jpg": "THEATERS", "14.jpg": "MASTER", "18.jpg": "THE"}
-  paths = [os.path.join(SVT, name) for name in labelled] + [
-      os.path.join(PLATES, "ak1165.png")]
+  paths = [os.path.join(SVT, name) for name in labelled] + [os.path.join(PLATES, "ak1165.png")]
   broken = tmp_path / "broken.png"
   broken.write_bytes(b"not an image")
   # Run as a plain script; fail if anything imported crnn_jax.
-  code = (f"import runpy, sys\nsys.argv = {[LOADER, reading_export] + paths + [str(broken)]!r}\n"
-          f"try:\n  runpy.run_path({LOADER!r}, run_name='__main__')\n"
-          f"except SystemExit as e:\n  status = e.code\n"
-          f"assert not [m for m in sys.modules if m.startswith('crnn_jax')], 'imported crnn_jax'\n"
-          f"sys.exit(status)\n")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                        text=True, timeout=300)
+  code = (
+      f"import runpy, sys\nsys.argv = {[LOADER, reading_export] + paths + [str(broken)]!r}\n"
+      f"try:\n  runpy.run_path({LOADER!r}, run_name='__main__')\n"
+      f"except SystemExit as e:\n  status = e.code\n"
+      f"assert not [m for m in sys.modules if m.startswith('crnn_jax')], 'imported crnn_jax'\n"
+      f"sys.exit(status)\n"
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 1, proc.stderr  # 1: one file failed, the others ran
   assert f"error: {broken}" in proc.stderr
   rows = [line.split("\t") for line in proc.stdout.strip().splitlines()]

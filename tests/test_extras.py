@@ -13,9 +13,13 @@ from crnn_jax.data import specs
 from helpers import REPO
 
 # (spec, extra, module the extra brings): one row per feature behind an extra.
-FEATURES = [("synth:5", "synth", "wordfreq"), ("synth:5", "synth", "fontpkg"),
-            ("synth:5", "synth", "skimage"), ("lmdb:/nowhere", "lmdb", "lmdb"),
-            ("tfds:synth_words", "tfds", "tensorflow_datasets")]
+FEATURES = [
+    ("synth:5", "synth", "wordfreq"),
+    ("synth:5", "synth", "fontpkg"),
+    ("synth:5", "synth", "skimage"),
+    ("lmdb:/nowhere", "lmdb", "lmdb"),
+    ("tfds:synth_words", "tfds", "tensorflow_datasets"),
+]
 
 
 @pytest.mark.parametrize("spec,extra,module", FEATURES)
@@ -26,25 +30,35 @@ def test_a_missing_extra_names_itself(monkeypatch, spec, extra, module):
   with pytest.raises(extras.MissingExtraError) as e:
     specs.open_source(spec)
   kind = spec.split(":")[0]
-  assert str(e.value) == (f"the {kind}: data spec needs the [{extra}] extra ({module} not "
-                          f"installed): pip install 'crnn-jax[{extra}]'")
+  assert str(e.value) == (
+      f"the {kind}: data spec needs the [{extra}] extra ({module} not "
+      f"installed): pip install 'crnn-jax[{extra}]'"
+  )
   assert isinstance(e.value, ImportError)  # callers catching ImportError still do
 
 
 def test_every_extra_is_declared_in_pyproject():
   """The extras the code names are the ones pyproject.toml offers."""
   import tomllib
+
   with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
     declared = tomllib.load(f)["project"]["optional-dependencies"]
   assert set(extras.MODULES) <= set(declared)
   # [test] pulls in every extra: the suite exercises every feature.
   self_ref = next(r for r in declared["test"] if r.startswith("crnn-jax["))
-  assert set(self_ref[len("crnn-jax["):-1].split(",")) == set(extras.MODULES)
+  assert set(self_ref[len("crnn-jax[") : -1].split(",")) == set(extras.MODULES)
 
 
 # What a core install runs: training, inference, evaluation, export, the CLI, the decoders.
-CORE_ENTRY_POINTS = ("crnn_jax.train", "crnn_jax.recognizer", "crnn_jax.evaluation",
-                     "crnn_jax.export", "crnn_jax.cli", "crnn_jax.decode", "crnn_jax.data.specs")
+CORE_ENTRY_POINTS = (
+    "crnn_jax.train",
+    "crnn_jax.recognizer",
+    "crnn_jax.evaluation",
+    "crnn_jax.export",
+    "crnn_jax.cli",
+    "crnn_jax.decode",
+    "crnn_jax.data.specs",
+)
 
 
 def _import_time_imports(module: str) -> set[str]:

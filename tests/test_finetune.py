@@ -12,22 +12,26 @@ from crnn_jax import checkpoints, finetune, loading, train
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
   """A checkpoint of the tiny model with the default 62-character charset."""
-  return tiny_model.save_checkpoint(str(tmp_path_factory.mktemp("source")), tiny_model.config(),
-                                    seed=0)
+  return tiny_model.save_checkpoint(
+      str(tmp_path_factory.mktemp("source")), tiny_model.config(), seed=0
+  )
 
 
 def used_state(cfg):
   """A fresh state, then made to look used (step and optimiser moments non-zero)."""
   state, charset = tiny_model.make_state(cfg, seed=1)
   bump = lambda x: x + np.ones((), x.dtype)  # noqa: E731  (keeps sharding)
-  return state.replace(step=bump(state.step), opt_state=jax.tree.map(bump, state.opt_state)), \
-      charset
+  return (
+      state.replace(step=bump(state.step), opt_state=jax.tree.map(bump, state.opt_state)),
+      charset,
+  )
 
 
 def leaves_equal(a, b):
   """Same tree structure (names and nesting), and every pair of leaves equal."""
-  return (jax.tree.structure(a) == jax.tree.structure(b)
-          and all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+  return jax.tree.structure(a) == jax.tree.structure(b) and all(
+      np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def test_new_charset_reinitialises_only_the_output_layer(source):
@@ -84,20 +88,29 @@ def plates_split(folder, n_train, n_test, seed=0):
   lines = tiny_model.read_labels("plates_us")
   order = np.random.default_rng(seed).permutation(len(lines))
   train_lines = [lines[i] for i in order[:n_train]]
-  test_lines = [lines[i] for i in order[n_train:n_train + n_test]]
+  test_lines = [lines[i] for i in order[n_train : n_train + n_test]]
   assert not {p for p, _ in train_lines} & {p for p, _ in test_lines}
-  return (tiny_model.write_tsv(f"{folder}/train", "plates_us", train_lines),
-          tiny_model.write_tsv(f"{folder}/test", "plates_us", test_lines))
+  return (
+      tiny_model.write_tsv(f"{folder}/train", "plates_us", train_lines),
+      tiny_model.write_tsv(f"{folder}/test", "plates_us", test_lines),
+  )
 
 
 @pytest.mark.real_data
 def test_finetune_run_on_plates_with_new_charset(source, tmp_path, capsys):
   """--config.init_from through train_and_evaluate: upper case + digits, held-out eval."""
   train_spec, test_spec = plates_split(str(tmp_path), n_train=16, n_test=12)
-  cfg = tiny_model.config(**{"model.charset": tiny_model.UPPER_DIGITS, "init_from": source,
-                             "data.train": train_spec, "data.eval": test_spec,
-                             "data.width_buckets": (64,), "train.num_steps": 1,
-                             "eval.every_steps": 1})
+  cfg = tiny_model.config(
+      **{
+          "model.charset": tiny_model.UPPER_DIGITS,
+          "init_from": source,
+          "data.train": train_spec,
+          "data.eval": test_spec,
+          "data.width_buckets": (64,),
+          "train.num_steps": 1,
+          "eval.every_steps": 1,
+      }
+  )
   result = train.train_and_evaluate(cfg, str(tmp_path / "run"))
   out = capsys.readouterr().out
   assert "re-initialised" in out and f"init_from {source}" in out

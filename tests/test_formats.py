@@ -38,8 +38,14 @@ def _cached(prep, field):
 # ----------------------------------------------------------------------------
 # MJSynth.
 
-MJ_GOOD = ["1/1/23_Hello_456.jpg", "1/1/24_world_9.jpg", "1/2/7_CAPITALS_31.jpg",
-           "2/1/1_x_2.jpg", "2/3/88_Mixed42_1000.jpg", "3/1/5_again_77.jpg"]
+MJ_GOOD = [
+    "1/1/23_Hello_456.jpg",
+    "1/1/24_world_9.jpg",
+    "1/2/7_CAPITALS_31.jpg",
+    "2/1/1_x_2.jpg",
+    "2/3/88_Mixed42_1000.jpg",
+    "3/1/5_again_77.jpg",
+]
 # On the community list of unreadable files: skipped without being opened.
 MJ_KNOWN_BAD = "2069/4/192_whittier_86389.jpg"
 
@@ -49,19 +55,23 @@ def mjsynth_tree(tmp_path_factory):
   """tmp/mnt/ramdisk/max/90kDICT32px as in the tarball, with problems of every kind."""
   top = tmp_path_factory.mktemp("mjsynth")
   root = top / "mnt" / "ramdisk" / "max" / "90kDICT32px"
-  for rel in MJ_GOOD + ["4/1/3_truncated_5.jpg", "4/1/4_dash-word_6.jpg",
-                        "4/2/9_" + "ab" * 20 + "_1.jpg", "5/1/1_val_1.jpg"]:
+  for rel in MJ_GOOD + [
+      "4/1/3_truncated_5.jpg",
+      "4/1/4_dash-word_6.jpg",
+      "4/2/9_" + "ab" * 20 + "_1.jpg",
+      "5/1/1_val_1.jpg",
+  ]:
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     (root / rel).write_bytes(_word_image(formats.mjsynth_label(rel)[:12]))
   data = (root / "4/1/3_truncated_5.jpg").read_bytes()
-  (root / "4/1/3_truncated_5.jpg").write_bytes(data[:len(data) // 2])
+  (root / "4/1/3_truncated_5.jpg").write_bytes(data[: len(data) // 2])
   (root / MJ_KNOWN_BAD).parent.mkdir(parents=True)
   (root / MJ_KNOWN_BAD).write_bytes(b"")  # the real file is empty
   train = [f"./{rel} {rel.split('_')[-1][:-4]}" for rel in MJ_GOOD] + [
       f"./{MJ_KNOWN_BAD} 86389",
       "./4/1/3_truncated_5.jpg 5",
       "./4/1/404_missing_5.jpg 5",
-      "./4/1/4_dash-word_6.jpg 6",         # '-' is not in the default charset
+      "./4/1/4_dash-word_6.jpg 6",  # '-' is not in the default charset
       "./4/2/9_" + "ab" * 20 + "_1.jpg 1",  # 40 characters: more frames than width 128 has
       "./4/1/noparts.jpg 3",
   ]
@@ -89,13 +99,24 @@ def test_mjsynth_reads_the_tree_and_reports_every_problem(mjsynth_tree):
   prep = _prepare(source)
   r = prep.report
   assert r.total == 12 and r.usable == 6
-  assert r.skipped == {"corrupt_image": 2, "missing_file": 1, "unknown_chars": 1,
-                       "label_too_long": 1, "malformed_name": 1}
+  assert r.skipped == {
+      "corrupt_image": 2,
+      "missing_file": 1,
+      "unknown_chars": 1,
+      "label_too_long": 1,
+      "malformed_name": 1,
+  }
   text = r.describe()
-  for name in ("192_whittier_86389.jpg", "known unreadable", "3_truncated_5.jpg",
-               "404_missing_5.jpg", "dash-word", "noparts.jpg"):
+  for name in (
+      "192_whittier_86389.jpg",
+      "known unreadable",
+      "3_truncated_5.jpg",
+      "404_missing_5.jpg",
+      "dash-word",
+      "noparts.jpg",
+  ):
     assert name in text, name
-  labels = sorted(_cached(prep, 'text'))
+  labels = sorted(_cached(prep, "text"))
   assert labels == sorted(formats.mjsynth_label(p) for p in MJ_GOOD)
 
 
@@ -134,6 +155,7 @@ def test_mjsynth_splits_probe_and_pickle(mjsynth_tree):
 def write_lmdb(path, items) -> None:
   """Writes ``[(image bytes or None, label str or None)]`` in the DTRB layout (1-based keys)."""
   import lmdb
+
   env = lmdb.open(str(path), map_size=1 << 26)
   with env.begin(write=True) as txn:
     for i, (image, label) in enumerate(items, start=1):
@@ -152,9 +174,11 @@ LMDB_WORDS = ["street", "Hotel", "EXIT", "42", "cafe", "Parking", "OPEN", "sale"
 def lmdb_path(tmp_path_factory):
   path = tmp_path_factory.mktemp("lmdb") / "train_lmdb"
   items = [(_word_image(w, "L", "PNG" if i % 2 else "JPEG"), w) for i, w in enumerate(LMDB_WORDS)]
-  items += [(b"\xff\xd8\xff\xe0 not really a jpeg", "corrupt"),  # DTRB files hold such records
-            (None, "noimage"),
-            (_word_image("café", "RGB", "PNG"), "café")]       # outside the default charset
+  items += [
+      (b"\xff\xd8\xff\xe0 not really a jpeg", "corrupt"),  # DTRB files hold such records
+      (None, "noimage"),
+      (_word_image("café", "RGB", "PNG"), "café"),
+  ]  # outside the default charset
   write_lmdb(path, items)
   return path
 
@@ -172,7 +196,7 @@ def test_lmdb_reads_dtrb_layout_and_reports_bad_records(lmdb_path):
   assert prep.report.skipped == {"corrupt_image": 1, "missing_file": 1, "unknown_chars": 1}
   text = prep.report.describe()
   assert "#000000009" in text and "image-000000010" in text and "café" in text
-  assert sorted(_cached(prep, 'text')) == sorted(LMDB_WORDS)
+  assert sorted(_cached(prep, "text")) == sorted(LMDB_WORDS)
   # Picklable for worker processes: the environment is re-opened there.
   assert pickle.loads(pickle.dumps(source)).read(0)[1] == "street"
 
@@ -182,6 +206,7 @@ def test_lmdb_errors_say_what_was_expected(tmp_path):
     specs.open_source(f"lmdb:{tmp_path}/nope")
   write_lmdb(tmp_path / "nocount", [])
   import lmdb
+
   env = lmdb.open(str(tmp_path / "nocount"))
   with env.begin(write=True) as txn:
     txn.delete(b"num-samples")
@@ -200,6 +225,7 @@ SYNTH_NAME = "synth_words/n40_v10_s3_d50_h32"
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
   from crnn_jax.data import synth_words
+
   data_dir = tmp_path_factory.mktemp("tfds")
   synth_words.SynthWords(num_workers=0, data_dir=str(data_dir), **SYNTH).download_and_prepare()
   return data_dir
@@ -208,15 +234,21 @@ def tfds_dir(tmp_path_factory):
 def test_tfds_spec_parsing():
   parse = tfds_source.parse_tfds_spec
   assert parse("synth_words/n1_v1_s0_d100_h32:validation,data_dir=/d", "s") == (
-      "synth_words/n1_v1_s0_d100_h32", "validation", {"data_dir": "/d"})
+      "synth_words/n1_v1_s0_d100_h32",
+      "validation",
+      {"data_dir": "/d"},
+  )
   assert parse("synth_words", "s") == ("synth_words", "train", {})
-  assert parse("synth_words/num_train=5,num_validation=2:train[:50%],image=im,label=txt",
-               "s") == ("synth_words/num_train=5,num_validation=2", "train[:50%]",
-                        {"image": "im", "label": "txt"})
+  assert parse("synth_words/num_train=5,num_validation=2:train[:50%],image=im,label=txt", "s") == (
+      "synth_words/num_train=5,num_validation=2",
+      "train[:50%]",
+      {"image": "im", "label": "txt"},
+  )
 
 
 def test_tfds_source_reads_the_built_dataset(tfds_dir, monkeypatch):
   import tensorflow_datasets as tfds
+
   source = specs.open_source(f"tfds:{SYNTH_NAME}:train,data_dir={tfds_dir}")
   assert isinstance(source, tfds_source.TfdsSource) and len(source) == 40
   truth = tfds.builder(SYNTH_NAME, data_dir=str(tfds_dir)).as_data_source("train")
@@ -237,8 +269,12 @@ def test_tfds_source_reads_the_built_dataset(tfds_dir, monkeypatch):
 
 def truth_val(data_dir, i):
   import tensorflow_datasets as tfds
-  return tfds.builder(SYNTH_NAME, data_dir=str(data_dir)).as_data_source("validation")[i][
-      "label"].decode()
+
+  return (
+      tfds.builder(SYNTH_NAME, data_dir=str(data_dir))
+      .as_data_source("validation")[i]["label"]
+      .decode()
+  )
 
 
 def test_tfds_errors_name_the_problem_and_the_fix(tfds_dir, tmp_path):
@@ -259,10 +295,10 @@ def test_two_processes_read_disjoint_shards_that_cover_the_dataset(tfds_dir, lmd
   for spec in (f"tfds:{SYNTH_NAME}:train,data_dir={tfds_dir}", f"lmdb:{lmdb_path}"):
     source = specs.open_source(spec)
     shards = [_prepare(source, process_index=p, process_count=2) for p in range(2)]
-    keys = [set(_cached(prep, 'key')) for prep in shards]
+    keys = [set(_cached(prep, "key")) for prep in shards]
     assert keys[0] and keys[1] and not keys[0] & keys[1]
     whole = _prepare(source)
-    assert keys[0] | keys[1] == set(_cached(whole, 'key'))
+    assert keys[0] | keys[1] == set(_cached(whole, "key"))
     assert sum(s.report.total for s in shards) == len(source)
 
 
@@ -282,25 +318,29 @@ def test_image_header_sizes_match_decoding():
 
 def test_mjsynth_builder_skips_and_records_bad_files(mjsynth_tree, tmp_path):
   from crnn_jax.data import tfds_builders
+
   top, _ = mjsynth_tree
   builder = tfds_builders.build_mjsynth(str(top), data_dir=str(tmp_path), num_threads=2)
   assert set(builder.info.splits.keys()) == {"train", "validation"}
   skipped = builder.info.metadata["skipped"]["train"]
   assert skipped == {"corrupt_image": 2, "missing_file": 1, "malformed_name": 1}
-  assert any("192_whittier_86389" in m
-             for m in builder.info.metadata["skipped_examples"]["train"]["corrupt_image"])
+  assert any(
+      "192_whittier_86389" in m
+      for m in builder.info.metadata["skipped_examples"]["train"]["corrupt_image"]
+  )
   source = specs.open_source(f"tfds:mjsynth:train,data_dir={tmp_path}")
   assert len(source) == 8  # the charset and length checks happen at training time
   labels = sorted(source.read(i)[1] for i in range(len(source)))
-  assert labels == sorted([formats.mjsynth_label(p) for p in MJ_GOOD]
-                          + ["dash-word", "ab" * 20])
+  assert labels == sorted([formats.mjsynth_label(p) for p in MJ_GOOD] + ["dash-word", "ab" * 20])
   assert specs.open_source(f"tfds:mjsynth:validation,data_dir={tmp_path}").read(0)[1] == "val"
 
 
 def test_lmdb_and_text_folder_builders(lmdb_path, tmp_path):
   from crnn_jax.data import tfds_builders
-  builder = tfds_builders.LmdbWords(train=str(lmdb_path), config_name="tiny",
-                                    data_dir=str(tmp_path), num_threads=2)
+
+  builder = tfds_builders.LmdbWords(
+      train=str(lmdb_path), config_name="tiny", data_dir=str(tmp_path), num_threads=2
+  )
   builder.download_and_prepare()
   assert builder.info.metadata["skipped"]["train"] == {"corrupt_image": 1, "missing_file": 1}
   source = specs.open_source(f"tfds:lmdb_words/tiny:train,data_dir={tmp_path}")
@@ -311,13 +351,17 @@ def test_lmdb_and_text_folder_builders(lmdb_path, tmp_path):
   Image.new("RGBA", (40, 20), (0, 0, 0, 0)).save(folder / "clear.png")  # stored as RGB PNG
   Image.new("P", (30, 20), 3).save(folder / "palette.gif")
   (folder / "bad.jpg").write_bytes(b"\xff\xd8 nope")
-  (folder / "labels.tsv").write_text("clear.png\tclear\npalette.gif\tgif\nbad.jpg\tbad\n"
-                                     "no tab here\nclear.png\t\n")
+  (folder / "labels.tsv").write_text(
+      "clear.png\tclear\npalette.gif\tgif\nbad.jpg\tbad\n" "no tab here\nclear.png\t\n"
+  )
   builder = tfds_builders.TextFolder(folder=str(folder), data_dir=str(tmp_path), num_threads=1)
   assert builder.builder_config.name == "mine"
   builder.download_and_prepare()
   assert builder.info.metadata["skipped"]["train"] == {
-      "corrupt_image": 1, "malformed_line": 1, "empty_label": 1}
+      "corrupt_image": 1,
+      "malformed_line": 1,
+      "empty_label": 1,
+  }
   records = builder.as_data_source("train")
   assert sorted(r["label"] for r in records) == [b"clear", b"gif"]
   images = {r["label"]: r["image"] for r in records}

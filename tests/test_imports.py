@@ -27,8 +27,7 @@ def test_import_contracts_in_pyproject_hold():
   ``from crnn_jax import recognizer`` in finetune or models (a layer reaching up); a new
   module not given its layer."""
   lint = os.path.join(os.path.dirname(sys.executable), "lint-imports")
-  done = subprocess.run([lint, "--no-cache"], cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  done = subprocess.run([lint, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr
   assert "0 broken" in done.stdout
 
@@ -129,13 +128,19 @@ def _length_problem(text: str, max_lines: int = MAX_LINES) -> str | None:
   reason = re.search(r"Over 600 lines:\s*(.*?)(?:\.\s|\.?$)", doc, re.DOTALL)
   if reason and len(reason.group(1).split()) >= 3:
     return None
-  return (f"{lines} lines: split it, or say why it is one module in a docstring sentence "
-          f"starting 'Over 600 lines:'.")
+  return (
+      f"{lines} lines: split it, or say why it is one module in a docstring sentence "
+      f"starting 'Over 600 lines:'."
+  )
 
 
 def _modules() -> list[str]:
-  return sorted(os.path.relpath(os.path.join(root, f), REPO)
-                for root, _, files in os.walk(PACKAGE) for f in files if f.endswith(".py"))
+  return sorted(
+      os.path.relpath(os.path.join(root, f), REPO)
+      for root, _, files in os.walk(PACKAGE)
+      for f in files
+      if f.endswith(".py")
+  )
 
 
 @pytest.mark.parametrize("name", _modules())
@@ -150,7 +155,12 @@ def test_length_check_wants_a_reason():
   body = "x = 1\n" * 10
   assert _length_problem('"""Short."""\n' + body, max_lines=20) is None
   assert _length_problem('"""Long."""\n' + body, max_lines=5) is not None
-  assert _length_problem('"""Long.\n\nOver 600 lines: because.\n"""\n' + body,
-                         max_lines=5) is not None
-  assert _length_problem('"""Long.\n\nOver 600 lines: one job, split later. More.\n"""\n'
-                         + body, max_lines=5) is None
+  assert (
+      _length_problem('"""Long.\n\nOver 600 lines: because.\n"""\n' + body, max_lines=5) is not None
+  )
+  assert (
+      _length_problem(
+          '"""Long.\n\nOver 600 lines: one job, split later. More.\n"""\n' + body, max_lines=5
+      )
+      is None
+  )

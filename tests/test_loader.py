@@ -20,9 +20,16 @@ KW = dict(charset=Charset(), height=32, width_buckets=BUCKETS)
 @pytest.fixture(scope="module")
 def tfds_spec(tmp_path_factory):
   from crnn_jax.data import synth_words
+
   data_dir = tmp_path_factory.mktemp("tfds")
-  synth_words.SynthWords(num_train=120, num_validation=10, seed=5, difficulty=0.3,
-                         num_workers=0, data_dir=str(data_dir)).download_and_prepare()
+  synth_words.SynthWords(
+      num_train=120,
+      num_validation=10,
+      seed=5,
+      difficulty=0.3,
+      num_workers=0,
+      data_dir=str(data_dir),
+  ).download_and_prepare()
   return f"tfds:synth_words/n120_v10_s5_d30_h32:train,data_dir={data_dir}"
 
 
@@ -30,9 +37,17 @@ def _loader(source, idx, seed=0, batch=BATCH, **kw):
   """An epoch loader over one indexed source, as inputs.train_loader builds it."""
   idx = idx.merge_up(idx.counts(), batch)
   p = plan.EpochPlan(idx.counts(), batch, seed, idx.counts(), source.spec)
-  return loader.TrainLoader([loader.Feed(source, idx)], p, widths=idx.widths,
-                            frames=idx.frames, batch_size=batch, charset=KW["charset"],
-                            height=32, seed=seed, **kw)
+  return loader.TrainLoader(
+      [loader.Feed(source, idx)],
+      p,
+      widths=idx.widths,
+      frames=idx.frames,
+      batch_size=batch,
+      charset=KW["charset"],
+      height=32,
+      seed=seed,
+      **kw,
+  )
 
 
 def _both(source, seed=0, **kw):
@@ -53,7 +68,8 @@ def test_header_index_agrees_with_the_cache_and_batches_are_equal(tfds_spec):
   cached, headers, memory, stream = _both(source, seed=3)
   assert headers.cache is None and cached.cache is not None
   assert headers.report.usable == cached.report.usable and headers.report.skipped == (
-      cached.report.skipped)
+      cached.report.skipped
+  )
   assert [len(m) for m in headers.members] == [len(m) for m in cached.members]
   assert stream.plan.steps_per_epoch == memory.plan.steps_per_epoch >= 10
   steps = [0, 1, 7, stream.plan.steps_per_epoch + 2, 3 * stream.plan.steps_per_epoch - 1]
@@ -86,8 +102,7 @@ def test_worker_processes_give_the_same_batches(tfds_spec):
 def test_two_processes_index_disjoint_shards(tfds_spec):
   source = specs.open_source(tfds_spec)
   whole = index.build_index(source, **KW)
-  parts = [index.build_index(source, process_index=p, process_count=2, **KW)
-           for p in range(2)]
+  parts = [index.build_index(source, process_index=p, process_count=2, **KW) for p in range(2)]
   sets = [set(np.concatenate(p.members).tolist()) for p in parts]
   assert sets[0] and sets[1] and not sets[0] & sets[1]
   assert sets[0] | sets[1] == set(np.concatenate(whole.members).tolist())
@@ -98,10 +113,10 @@ def test_bad_input_is_indexed_out_or_replaced_at_read_time(tmp_path):
   words = [f"word{i}" for i in range(20)]
   items = [(_word_image(w, "L", "PNG"), w) for w in words]
   png = _word_image("trunc1", "L", "PNG")
-  items.append((png[:len(png) - 40], "trunc1"))           # header fine, pixels cut short
-  items.append((b"garbage", "garbage"))                   # header unreadable: indexed out
-  items.append((_word_image("x", "L", "PNG"), "naïve"))   # outside the charset
-  items.append((_word_image("y", "L", "PNG"), ""))        # empty label
+  items.append((png[: len(png) - 40], "trunc1"))  # header fine, pixels cut short
+  items.append((b"garbage", "garbage"))  # header unreadable: indexed out
+  items.append((_word_image("x", "L", "PNG"), "naïve"))  # outside the charset
+  items.append((_word_image("y", "L", "PNG"), ""))  # empty label
   write_lmdb(tmp_path / "db", items)
   source = formats.LmdbSource(tmp_path / "db")
   idx = index.build_index(source, cache=False, **KW)
@@ -123,7 +138,8 @@ def test_bad_input_is_indexed_out_or_replaced_at_read_time(tmp_path):
   assert set(stream.read_failures.skipped) == {"corrupt_image"}
   assert len(logged) >= hits and all("#000000021" in line for line in logged)
   assert "trunc1" not in "".join(
-      KW["charset"].decode([int(i) for i in row if i]) for b in seen for row in b)
+      KW["charset"].decode([int(i) for i in row if i]) for b in seen for row in b
+  )
 
 
 def test_errors_and_empty_datasets(tmp_path):
@@ -134,8 +150,9 @@ def test_errors_and_empty_datasets(tmp_path):
   with pytest.raises(ValueError, match="cannot fill one batch"):
     plan.EpochPlan(idx.counts(), 4, 0, idx.counts(), "db")
   with pytest.raises(ValueError, match="width_buckets"):
-    index.build_index(formats.LmdbSource(tmp_path / "db"), charset=Charset(), height=32,
-                      width_buckets=(30,))
+    index.build_index(
+        formats.LmdbSource(tmp_path / "db"), charset=Charset(), height=32, width_buckets=(30,)
+    )
 
 
 def test_target_width_follows_prepare():

@@ -53,17 +53,23 @@ def test_equals_brute_force_enumeration_of_alignments():
   logit_paddings = (np.arange(t)[None] >= np.array(frames)[:, None]).astype(np.float32)
   width = max(map(len, labels))
   padded = np.array([lab + [1] * (width - len(lab)) for lab in labels], np.int32)
-  label_paddings = (np.arange(width)[None] >= np.array([len(x) for x in labels])[:, None])
-  loss, aux = losses.ctc_loss(jnp.asarray(logits, jnp.float32), logit_paddings, padded,
-                              label_paddings.astype(np.float32))
+  label_paddings = np.arange(width)[None] >= np.array([len(x) for x in labels])[:, None]
+  loss, aux = losses.ctc_loss(
+      jnp.asarray(logits, jnp.float32), logit_paddings, padded, label_paddings.astype(np.float32)
+  )
   want = [_brute_force_nll(logits[i], frames[i], labels[i]) for i in range(b)]
   assert int(aux["num_usable"]) == b
   np.testing.assert_allclose(aux["per_example"], want, rtol=1e-5)
   np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
   # Blank as the last class: the same paths with the class axis rotated.
   rotated = np.roll(logits, -1, axis=-1)  # class c -> c - 1; blank 0 -> k - 1
-  _, aux = losses.ctc_loss(jnp.asarray(rotated, jnp.float32), logit_paddings, padded - 1,
-                           label_paddings.astype(np.float32), blank_id=k - 1)
+  _, aux = losses.ctc_loss(
+      jnp.asarray(rotated, jnp.float32),
+      logit_paddings,
+      padded - 1,
+      label_paddings.astype(np.float32),
+      blank_id=k - 1,
+  )
   np.testing.assert_allclose(aux["per_example"], want, rtol=1e-5)
 
 

@@ -6,8 +6,10 @@ import sys
 
 from helpers import REPO
 
-_CODE = ("import sys; sys.path.insert(0, {repo!r}); from crnn_jax import memory; "
-         "print(memory.reuse_freed_memory(), 'jax' in sys.modules)")
+_CODE = (
+    "import sys; sys.path.insert(0, {repo!r}); from crnn_jax import memory; "
+    "print(memory.reuse_freed_memory(), 'jax' in sys.modules)"
+)
 
 
 def _run(env_value):
@@ -15,8 +17,13 @@ def _run(env_value):
   env.pop("CRNN_JAX_MALLOC", None)
   if env_value is not None:
     env["CRNN_JAX_MALLOC"] = env_value
-  out = subprocess.run([sys.executable, "-c", _CODE.format(repo=REPO)], env=env,
-                       capture_output=True, text=True, check=True).stdout.split()
+  out = subprocess.run(
+      [sys.executable, "-c", _CODE.format(repo=REPO)],
+      env=env,
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout.split()
   return out
 
 

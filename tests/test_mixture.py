@@ -15,17 +15,23 @@ from helpers import real
 
 def test_parse_weights_spaces_and_plain_specs():
   members = mixture.parse("synth:inf,seed=3 @ 3 | tsv:/a/b,exclude=x.txt@1.5 |tsv:c")
-  assert members == [mixture.Member("synth:inf,seed=3", 3.0),
-                     mixture.Member("tsv:/a/b,exclude=x.txt", 1.5), mixture.Member("tsv:c", 1.0)]
+  assert members == [
+      mixture.Member("synth:inf,seed=3", 3.0),
+      mixture.Member("tsv:/a/b,exclude=x.txt", 1.5),
+      mixture.Member("tsv:c", 1.0),
+  ]
   assert mixture.parse("tsv:p@q") == [mixture.Member("tsv:p@q", 1.0)]  # '@' in a path is kept
 
 
-@pytest.mark.parametrize("text, match", [
-    ("tsv:a @ 0 | tsv:b", "'tsv:a' has weight 0"),
-    ("tsv:a @ -1", "weights must be positive"),
-    ("tsv:a | | tsv:b", "empty member"),
-    ("tsv:a | tsv:a", "appears twice"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("tsv:a @ 0 | tsv:b", "'tsv:a' has weight 0"),
+        ("tsv:a @ -1", "weights must be positive"),
+        ("tsv:a | | tsv:b", "empty member"),
+        ("tsv:a | tsv:a", "appears twice"),
+    ],
+)
 def test_parse_errors_name_the_member(text, match):
   with pytest.raises(ValueError, match=match):
     mixture.parse(text)
@@ -40,9 +46,16 @@ def _sampling(process_index=0, process_count=1, batch_size=50, seed=0):
   # Member 0 indexed (all three buckets), 1 rendered and endless, 2 indexed (bucket 1 only).
   shares = np.array([[0.2, 0.5, 0.3], [0.3, 0.6, 0.1], [0.0, 1.0, 0.0]])
   sizes = np.array([[20, 50, 30], [0, 0, 0], [0, 40, 0]])
-  return plan.SamplingPlan([0.5, 0.3, 0.2], shares, sizes, [0, plan.ENDLESS, 0],
-                           batch_size=batch_size, seed=seed, process_index=process_index,
-                           process_count=process_count)
+  return plan.SamplingPlan(
+      [0.5, 0.3, 0.2],
+      shares,
+      sizes,
+      [0, plan.ENDLESS, 0],
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
 
 
 def test_member_shares_match_weights_over_10k_draws():
@@ -88,7 +101,7 @@ def test_sampling_plan_is_pure_and_processes_agree_on_buckets():
 
 def _config(tmp_path, augment=0.5, workers=2):
   config = base.get_config()
-  config.data.train = (f"synth:inf,seed=4,difficulty=0.5 @ 2 | tsv:{real('svt_train')} @ 1")
+  config.data.train = f"synth:inf,seed=4,difficulty=0.5 @ 2 | tsv:{real('svt_train')} @ 1"
   config.data.width_buckets = (64, 128)
   config.data.augment = augment
   config.data.num_workers = workers
@@ -121,13 +134,15 @@ def test_endless_words_mixed_with_real_crops_resume_exactly(tmp_path):
     for key in whole[step]:
       np.testing.assert_array_equal(here.batch(step)[key], whole[step][key])
   # Augmentation is on: the same rows without it differ.
-  plain = inputs.train_loader(_config(tmp_path, augment=0.0, workers=0), Charset(),
-                              log=logged.append)
+  plain = inputs.train_loader(
+      _config(tmp_path, augment=0.0, workers=0), Charset(), log=logged.append
+  )
   assert not np.array_equal(plain.batch(0)["images"], whole[0]["images"])
   np.testing.assert_array_equal(plain.batch(0)["labels"], whole[0]["labels"])
   widths = {b["images"].shape[2] for b in whole}
   assert widths <= {64, 128} and all(
-      (b["widths"] <= b["images"].shape[2]).all() and (b["widths"] > 0).all() for b in whole)
+      (b["widths"] <= b["images"].shape[2]).all() and (b["widths"] > 0).all() for b in whole
+  )
 
 
 @pytest.mark.real_data

@@ -12,8 +12,9 @@ TINY = dict(conv_features=(4, 8, 8, 8, 8, 8, 8), lstm_hidden=8, lstm_layers=2)
 
 
 def _init(model, width=64, batch=2):
-  return jax.jit(model.init)(jax.random.key(0), jnp.zeros((batch, model.height, width, 1)),
-                             jnp.full((batch,), width))
+  return jax.jit(model.init)(
+      jax.random.key(0), jnp.zeros((batch, model.height, width, 1)), jnp.full((batch,), width)
+  )
 
 
 def test_seed_model_parameter_count_is_exact():
@@ -34,8 +35,7 @@ def tiny():
 def test_frames_grow_with_width(tiny, width, frames):
   model, variables = tiny
   padded = -(-width // 4) * 4
-  logits, pads = jax.jit(model.apply)(variables, jnp.zeros((1, 32, padded, 1)),
-                                      jnp.array([width]))
+  logits, pads = jax.jit(model.apply)(variables, jnp.zeros((1, 32, padded, 1)), jnp.array([width]))
   assert logits.shape == (1, padded // 4 - 1, 11)
   assert int((pads < 0.5).sum()) == frames == int(models.num_frames(width))
   assert models.num_frames(models.min_width_for_frames(frames)) >= frames
@@ -48,8 +48,9 @@ def test_wrong_height_is_a_clear_error(tiny):
 
 
 def test_smaller_model_is_config_only():
-  model = models.CRNN(num_classes=11, conv_features=(8, 8, 16, 16, 16, 16, 16),
-                      lstm_hidden=4, lstm_layers=3)
+  model = models.CRNN(
+      num_classes=11, conv_features=(8, 8, 16, 16, 16, 16, 16), lstm_hidden=4, lstm_layers=3
+  )
   variables = _init(model)
   assert set(variables["params"]) == {"cnn", "bilstm1", "bilstm2", "bilstm3", "classifier"}
 
@@ -76,21 +77,28 @@ def test_padded_columns_cannot_change_valid_outputs(train):
   wider = np.concatenate([garbage, rng.normal(size=(3, 32, 64, 1)).astype(np.float32)], axis=2)
 
   def run(images):
-    return model.apply(variables, jnp.asarray(images), jnp.asarray(widths), train=train,
-                       mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+    return model.apply(
+        variables,
+        jnp.asarray(images),
+        jnp.asarray(widths),
+        train=train,
+        mutable=["batch_stats"],
+        rngs={"dropout": jax.random.key(1)},
+    )
 
   ((a, pa), sa), ((b, _), sb), ((c, pc), sc) = run(clean), run(garbage), run(wider)
   frames = models.num_frames(widths)
   for i, t in enumerate(frames):
     np.testing.assert_allclose(a[i, :t], b[i, :t], atol=1e-5)
     np.testing.assert_allclose(a[i, :t], c[i, :t], atol=1e-5)
-  np.testing.assert_array_equal(pa, pc[:, :pa.shape[1]])
+  np.testing.assert_array_equal(pa, pc[:, : pa.shape[1]])
   close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
   jax.tree.map(close, sa, sb)
   jax.tree.map(close, sa, sc)
   if train:  # the statistics did move: the comparison above could fail
-    moved = jax.tree.map(lambda x, y: not np.allclose(x, y), sa["batch_stats"],
-                         variables["batch_stats"])
+    moved = jax.tree.map(
+        lambda x, y: not np.allclose(x, y), sa["batch_stats"], variables["batch_stats"]
+    )
     assert all(jax.tree.leaves(moved))
 
 
@@ -119,9 +127,16 @@ def test_integer_pixels_are_scaled_to_the_unit_interval(tiny, shape):
   np.testing.assert_allclose(int32_logits, from_uint8, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,backend,want", [
-    ("auto", "cpu", jnp.float32), ("auto", "gpu", jnp.bfloat16), ("auto", "tpu", jnp.bfloat16),
-    ("float32", "gpu", jnp.float32), ("bfloat16", "cpu", jnp.bfloat16)])
+@pytest.mark.parametrize(
+    "name,backend,want",
+    [
+        ("auto", "cpu", jnp.float32),
+        ("auto", "gpu", jnp.bfloat16),
+        ("auto", "tpu", jnp.bfloat16),
+        ("float32", "gpu", jnp.float32),
+        ("bfloat16", "cpu", jnp.bfloat16),
+    ],
+)
 def test_compute_dtype_resolution(name, backend, want):
   assert models.resolve_compute_dtype(name, backend) == jnp.dtype(want)
 
@@ -133,8 +148,13 @@ def test_unknown_compute_dtype_is_a_clear_error():
 
 def test_from_config_without_the_field_means_auto():
   # Checkpoints saved before compute_dtype existed.
-  meta = {"height": 32, "conv_features": TINY["conv_features"], "lstm_hidden": 8,
-          "lstm_layers": 1, "dropout": 0.0}
+  meta = {
+      "height": 32,
+      "conv_features": TINY["conv_features"],
+      "lstm_hidden": 8,
+      "lstm_layers": 1,
+      "dropout": 0.0,
+  }
   assert models.from_config(meta, 11).dtype == models.resolve_compute_dtype("auto")
   assert models.from_config(dict(meta, compute_dtype="bfloat16"), 11).dtype == jnp.bfloat16
   assert models.from_config(meta, 11, compute_dtype="bfloat16").dtype == jnp.bfloat16
@@ -147,8 +167,9 @@ def _zeros(shapes):
 def _matmul_output_dtypes(model, train):
   """Output dtypes of every dot_general and convolution in the traced forward pass."""
   variables = _zeros(jax.eval_shape(lambda: _init(model.clone(dtype=jnp.float32))))
-  fn = lambda v, x, w: model.apply(v, x, w, train=train, mutable=["batch_stats"],
-                                   rngs={"dropout": jax.random.key(0)})
+  fn = lambda v, x, w: model.apply(
+      v, x, w, train=train, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)}
+  )
   text = str(jax.make_jaxpr(fn)(variables, jnp.zeros((2, 32, 64, 1)), jnp.array([64, 20])))
   return {m for m in re.findall(r":(\w+)\[[\d,]*\] = (?:dot_general|conv_general_dilated)", text)}
 
@@ -160,6 +181,7 @@ def test_bfloat16_model_computes_in_bfloat16_on_float32_variables():
   assert _matmul_output_dtypes(model.clone(dtype=jnp.float32), train=True) == {"f32"}
   variables = _zeros(jax.eval_shape(lambda: _init(model)))
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-  logits, pads = jax.eval_shape(lambda: model.apply(
-      variables, jnp.zeros((2, 32, 64, 1)), jnp.array([64, 20])))
+  logits, pads = jax.eval_shape(
+      lambda: model.apply(variables, jnp.zeros((2, 32, 64, 1)), jnp.array([64, 20]))
+  )
   assert logits.dtype == jnp.float32 and pads.dtype == jnp.float32

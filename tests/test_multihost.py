@@ -31,8 +31,14 @@ DEVICES_PER_PROCESS = 2
 
 
 def _config():
-  config = tiny_config(**{"train.num_steps": STEPS, "train.log_every_steps": 2,
-                          "checkpoint.every_steps": STEPS // 2, "eval.every_steps": 1000})
+  config = tiny_config(
+      **{
+          "train.num_steps": STEPS,
+          "train.log_every_steps": 2,
+          "checkpoint.every_steps": STEPS // 2,
+          "eval.every_steps": 1000,
+      }
+  )
   config.model.dropout = 0.0
   # XLA's convolution: the CPU default (Winograd, custom gradients; tested against XLA in
   # test_conv.py) routes max-pool ties in dead ReLU channels in ways that let 20 Adam steps
@@ -43,18 +49,22 @@ def _config():
 
 def _overrides(config, steps):
   c = config
-  return [f"--config.model.conv_features=({','.join(map(str, c.model.conv_features))})",
-          f"--config.model.lstm_hidden={c.model.lstm_hidden}",
-          f"--config.model.lstm_layers={c.model.lstm_layers}",
-          f"--config.model.dropout={c.model.dropout}",
-          f"--config.model.conv_impl={c.model.conv_impl}",
-          f"--config.data.train={c.data.train}", f"--config.data.eval={c.data.eval}",
-          f"--config.data.width_buckets=({','.join(map(str, c.data.width_buckets))})",
-          f"--config.train.batch_size={c.train.batch_size}", f"--config.train.num_steps={steps}",
-          f"--config.train.log_every_steps={c.train.log_every_steps}",
-          f"--config.checkpoint.every_steps={c.checkpoint.every_steps}",
-          f"--config.eval.every_steps={c.eval.every_steps}",
-          f"--config.eval.batch_size={c.eval.batch_size}"]
+  return [
+      f"--config.model.conv_features=({','.join(map(str, c.model.conv_features))})",
+      f"--config.model.lstm_hidden={c.model.lstm_hidden}",
+      f"--config.model.lstm_layers={c.model.lstm_layers}",
+      f"--config.model.dropout={c.model.dropout}",
+      f"--config.model.conv_impl={c.model.conv_impl}",
+      f"--config.data.train={c.data.train}",
+      f"--config.data.eval={c.data.eval}",
+      f"--config.data.width_buckets=({','.join(map(str, c.data.width_buckets))})",
+      f"--config.train.batch_size={c.train.batch_size}",
+      f"--config.train.num_steps={steps}",
+      f"--config.train.log_every_steps={c.train.log_every_steps}",
+      f"--config.checkpoint.every_steps={c.checkpoint.every_steps}",
+      f"--config.eval.every_steps={c.eval.every_steps}",
+      f"--config.eval.batch_size={c.eval.batch_size}",
+  ]
 
 
 def _free_port():
@@ -66,15 +76,33 @@ def _free_port():
 def _launch(workdir, extra, port, heartbeat=30):
   procs = []
   for pid in range(2):
-    cmd = [sys.executable, "-u", os.path.join(REPO, "scripts", "train.py"),
-           "--config", os.path.join(REPO, "configs", "base.py"), f"--workdir={workdir}",
-           f"--num-cpu-devices={DEVICES_PER_PROCESS}", f"--coordinator-address=127.0.0.1:{port}",
-           "--num-processes=2", f"--process-id={pid}", f"--heartbeat-timeout={heartbeat}",
-           *extra]
+    cmd = [
+        sys.executable,
+        "-u",
+        os.path.join(REPO, "scripts", "train.py"),
+        "--config",
+        os.path.join(REPO, "configs", "base.py"),
+        f"--workdir={workdir}",
+        f"--num-cpu-devices={DEVICES_PER_PROCESS}",
+        f"--coordinator-address=127.0.0.1:{port}",
+        "--num-processes=2",
+        f"--process-id={pid}",
+        f"--heartbeat-timeout={heartbeat}",
+        *extra,
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, env=env, cwd=REPO, start_new_session=True))
+    procs.append(
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    )
   return procs
 
 
@@ -104,24 +132,43 @@ def _reference_params(config):
   build together."""
   charset = train.make_charset(config)
   source = specs.open_source(config.data.train)
-  idxs = [index.build_index(source, charset=charset, height=32,
-                            width_buckets=config.data.width_buckets, process_index=i,
-                            process_count=2) for i in range(2)]
+  idxs = [
+      index.build_index(
+          source,
+          charset=charset,
+          height=32,
+          width_buckets=config.data.width_buckets,
+          process_index=i,
+          process_count=2,
+      )
+      for i in range(2)
+  ]
   per_host = config.train.batch_size // 2
   counts = np.min([x.counts() for x in idxs], axis=0)
   idxs = [x.merge_up(counts, per_host) for x in idxs]
   counts = np.min([x.counts() for x in idxs], axis=0)
-  streams = [loader.TrainLoader(
-      [loader.Feed(source, x)], plan.EpochPlan(x.counts(), per_host, config.train.seed, counts,
-                                               source.spec),
-      widths=x.widths, frames=x.frames, batch_size=per_host, charset=charset, height=32,
-      seed=config.train.seed, process_index=i) for i, x in enumerate(idxs)]
+  streams = [
+      loader.TrainLoader(
+          [loader.Feed(source, x)],
+          plan.EpochPlan(x.counts(), per_host, config.train.seed, counts, source.spec),
+          widths=x.widths,
+          frames=x.frames,
+          batch_size=per_host,
+          charset=charset,
+          height=32,
+          seed=config.train.seed,
+          process_index=i,
+      )
+      for i, x in enumerate(idxs)
+  ]
 
-  mesh = sharding.make_mesh(jax.devices()[:2 * DEVICES_PER_PROCESS])
+  mesh = sharding.make_mesh(jax.devices()[: 2 * DEVICES_PER_PROCESS])
   init_rng, step_rng = jax.random.split(jax.random.key(config.train.seed))
   model = models.from_config(config.model, charset.num_classes)
-  state = jax.jit(functools.partial(train.create_train_state, config, model),
-                  out_shardings=sharding.replicated(mesh))(init_rng)
+  state = jax.jit(
+      functools.partial(train.create_train_state, config, model),
+      out_shardings=sharding.replicated(mesh),
+  )(init_rng)
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   step = jax.jit(train.train_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl))
   for s in range(config.train.num_steps):
@@ -132,8 +179,9 @@ def _reference_params(config):
 
 
 def _checksums(outs):
-  return [re.search(r"process (\d): step (\d+), parameter checksum (\w+)", o).groups()
-          for o in outs]
+  return [
+      re.search(r"process (\d): step (\d+), parameter checksum (\w+)", o).groups() for o in outs
+  ]
 
 
 def test_two_processes_match_one_process_and_resume(tmp_path):
@@ -179,8 +227,10 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   cancelled = {k: v for k, v in worst.items() if k in ("cnn/conv5/bias", "cnn/conv6/bias")}
   rest = {k: v for k, v in worst.items() if k not in cancelled}
   name = max(rest, key=rest.get)
-  print(f"largest difference from the 1-process reference: {rest[name]:.2e} ({name}); "
-        f"BatchNorm-cancelled biases {max(cancelled.values()):.2e}")
+  print(
+      f"largest difference from the 1-process reference: {rest[name]:.2e} ({name}); "
+      f"BatchNorm-cancelled biases {max(cancelled.values()):.2e}"
+  )
 
 
 @pytest.mark.timeout(600)  # a silent hang fails instead of blocking CI
@@ -197,8 +247,7 @@ def test_killing_one_process_stops_the_other(tmp_path):
   heartbeat = 10
   config = _config()
   config.train.log_every_steps = 1
-  procs = _launch(tmp_path / "kill", _overrides(config, 100000), _free_port(),
-                  heartbeat=heartbeat)
+  procs = _launch(tmp_path / "kill", _overrides(config, 100000), _free_port(), heartbeat=heartbeat)
   try:
     for line in procs[0].stdout:
       if line.startswith("step 3/"):
@@ -220,14 +269,32 @@ def test_processes_that_disagree_stop_with_a_clear_error(tmp_path):
   port = _free_port()
   procs = []
   for pid, batch in ((0, 16), (1, 32)):
-    cmd = [sys.executable, "-u", os.path.join(REPO, "scripts", "train.py"),
-           "--config", os.path.join(REPO, "configs", "base.py"), f"--workdir={tmp_path}/dis",
-           f"--num-cpu-devices={DEVICES_PER_PROCESS}", f"--coordinator-address=127.0.0.1:{port}",
-           "--num-processes=2", f"--process-id={pid}", "--heartbeat-timeout=10",
-           *_overrides(config, 5), f"--config.train.batch_size={batch}"]
-    procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                                  cwd=REPO, start_new_session=True))
+    cmd = [
+        sys.executable,
+        "-u",
+        os.path.join(REPO, "scripts", "train.py"),
+        "--config",
+        os.path.join(REPO, "configs", "base.py"),
+        f"--workdir={tmp_path}/dis",
+        f"--num-cpu-devices={DEVICES_PER_PROCESS}",
+        f"--coordinator-address=127.0.0.1:{port}",
+        "--num-processes=2",
+        f"--process-id={pid}",
+        "--heartbeat-timeout=10",
+        *_overrides(config, 5),
+        f"--config.train.batch_size={batch}",
+    ]
+    procs.append(
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            cwd=REPO,
+            start_new_session=True,
+        )
+    )
   try:
     outs = [p.communicate(timeout=180)[0] for p in procs]
   finally:

@@ -13,8 +13,10 @@ def _host_batches(n, closed=None):
   try:
     for step in range(n):
       rng = np.random.default_rng(step)
-      yield {"images": rng.integers(0, 256, (16, 32, 64), dtype=np.uint8),
-             "widths": np.full((16,), 64 - step, np.int32)}
+      yield {
+          "images": rng.integers(0, 256, (16, 32, 64), dtype=np.uint8),
+          "widths": np.full((16,), 64 - step, np.int32),
+      }
   finally:
     if closed is not None:
       closed.set()
@@ -70,8 +72,9 @@ def test_close_stops_the_thread_and_closes_the_source():
   next(feed)
   feed.close()
   assert closed.is_set()
-  assert not any(t.name == "crnn_jax-device-prefetch" and t.is_alive()
-                 for t in threading.enumerate())
+  assert not any(
+      t.name == "crnn_jax-device-prefetch" and t.is_alive() for t in threading.enumerate()
+  )
   with pytest.raises(StopIteration):
     next(feed)
 

@@ -18,8 +18,9 @@ from crnn_jax import decode, recognizer as recognizer_lib
 from crnn_jax.data import index, specs
 from crnn_jax.recognizer import Recognizer
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "scripts"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+)
 import predict  # noqa: E402  scripts/predict.py
 
 SVT = os.path.join(tiny_model.REAL, "svt_train")
@@ -53,11 +54,10 @@ def reference(recognizer, arrays):
   out = []
   for a in arrays:
     x = np.zeros((1, recognizer.height, recognizer.bucket_of(a.shape[1]), 1), np.float32)
-    x[0, :, :a.shape[1], 0] = a / 255.0
+    x[0, :, : a.shape[1], 0] = a / 255.0
     r = decode.greedy_decode(*apply(x, np.array([a.shape[1]], np.int32)))
     n = int(r.lengths[0])
-    out.append((recognizer.charset.decode(np.asarray(r.tokens[0, :n])),
-                float(np.exp(r.scores[0]))))
+    out.append((recognizer.charset.decode(np.asarray(r.tokens[0, :n])), float(np.exp(r.scores[0]))))
   return out
 
 
@@ -65,8 +65,15 @@ def test_loads_the_checkpoint_config(recognizer):
   meta = recognizer.checkpoint.meta
   assert recognizer.width_buckets == tuple(meta["data"]["width_buckets"]) == (64, 128)
   assert recognizer.charset == charset_lib.Charset()
-  assert recognizer.model.lstm_hidden == 16 and recognizer.model.conv_features == (8, 8, 16, 16,
-                                                                                   16, 16, 16)
+  assert recognizer.model.lstm_hidden == 16 and recognizer.model.conv_features == (
+      8,
+      8,
+      16,
+      16,
+      16,
+      16,
+      16,
+  )
   # Saved replicated over 8 devices, loaded onto one.
   leaf = jax.tree.leaves(recognizer.variables)[0]
   assert len(leaf.sharding.device_set) == 1
@@ -86,8 +93,9 @@ def test_mixed_sizes_match_the_model_and_compile_once_per_bucket(recognizer):
     first = recognizer(images)
     n_first = len(compiles)
     rng = np.random.default_rng(1)
-    more = recognizer([rng.integers(0, 256, (h, w), dtype=np.uint8)
-                       for h, w in rng.integers(9, 300, (9, 2))])
+    more = recognizer(
+        [rng.integers(0, 256, (h, w), dtype=np.uint8) for h, w in rng.integers(9, 300, (9, 2))]
+    )
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   arrays = [recognizer.preprocess(im) for im in images]
@@ -107,8 +115,12 @@ def test_preprocessing_is_the_training_pipeline(recognizer, tmp_path):
   """Real photos: the arrays the recognizer feeds equal those training batches hold."""
   lines = tiny_model.read_labels("svt_train")[:12]
   spec = tiny_model.write_tsv(str(tmp_path), "svt_train", lines)
-  idx = index.build_index(specs.open_source(spec), charset=recognizer.charset, height=32,
-                          width_buckets=recognizer.width_buckets)
+  idx = index.build_index(
+      specs.open_source(spec),
+      charset=recognizer.charset,
+      height=32,
+      width_buckets=recognizer.width_buckets,
+  )
   checked = 0
   for width, members in zip(idx.widths, idx.members):
     for i in members:
@@ -128,8 +140,9 @@ def test_bad_inputs_name_the_problem(recognizer):
   with pytest.raises(ValueError, match=r"images\[1\]"):
     recognizer([np.zeros((32, 64), np.uint8), np.zeros((3, 32, 64, 2), np.uint8)])
   with pytest.raises(ValueError, match="top_k"):
-    Recognizer(recognizer.model, recognizer.variables, recognizer.charset, width_buckets=(64,),
-               top_k=3)
+    Recognizer(
+        recognizer.model, recognizer.variables, recognizer.charset, width_buckets=(64,), top_k=3
+    )
   assert recognizer([]) == []
 
 
@@ -139,7 +152,7 @@ def word_log_probs(recognizer, arrays, words):
   out = []
   for a in arrays:
     x = np.zeros((1, recognizer.height, recognizer.bucket_of(a.shape[1]), 1), np.float32)
-    x[0, :, :a.shape[1], 0] = a / 255.0
+    x[0, :, : a.shape[1], 0] = a / 255.0
     logits, pads = apply(x, np.array([a.shape[1]], np.int32))
     row = {}
     for word in words:
@@ -159,8 +172,10 @@ def test_beam_candidates_sorted_and_lexicon_restricted(workdir):
   charset lacks is not skipped.
   """
   beam = Recognizer.from_checkpoint(workdir, batch_size=4, decode="beam", beam_size=4, top_k=3)
-  images = [np.full((32, 60), 200, np.uint8), np.random.default_rng(2).integers(
-      0, 256, (32, 60), dtype=np.uint8)]
+  images = [
+      np.full((32, 60), 200, np.uint8),
+      np.random.default_rng(2).integers(0, 256, (32, 60), dtype=np.uint8),
+  ]
   cands = beam.candidates(images)
   for hyps in cands:
     assert 1 <= len(hyps) <= 3
@@ -169,15 +184,15 @@ def test_beam_candidates_sorted_and_lexicon_restricted(workdir):
     assert len({t for t, _ in hyps}) == len(hyps)
   assert beam(images) == [h[0] for h in cands]
   words = ["Inn", "ROOM", "caf\u00e9"]  # the last has a character the charset lacks
-  lex = Recognizer.from_checkpoint(workdir, batch_size=4, decode="lexicon", beam_size=8,
-                                   top_k=2, lexicon=words)
+  lex = Recognizer.from_checkpoint(
+      workdir, batch_size=4, decode="lexicon", beam_size=8, top_k=2, lexicon=words
+  )
   assert (lex.lexicon_size, lex.lexicon_skipped) == (2, 1)
   expected = word_log_probs(lex, [lex.preprocess(im) for im in images], words[:2])
   got = lex.candidates(images)
   for hyps, logp in zip(got, expected):
     assert [t for t, _ in hyps] == sorted(logp, key=logp.get, reverse=True), (hyps, logp)
-    np.testing.assert_allclose([np.log(c) for _, c in hyps], [logp[t] for t, _ in hyps],
-                               atol=1e-3)
+    np.testing.assert_allclose([np.log(c) for _, c in hyps], [logp[t] for t, _ in hyps], atol=1e-3)
   assert lex(images) == [h[0] for h in got]
 
 
@@ -195,7 +210,8 @@ def test_predict_folder_with_a_corrupt_file(reading_weights, reading_model, tmp_
   (folder / "sub").mkdir(parents=True)
   shutil.copy(os.path.join(SVT, "images", "18.jpg"), folder / "a.jpg")  # THE
   Image.open(os.path.join(SVT, "images", "14.jpg")).convert("RGBA").save(
-      folder / "sub" / "b.png")  # MASTER
+      folder / "sub" / "b.png"
+  )  # MASTER
   with open(os.path.join(SVT, "images", "3.jpg"), "rb") as f:
     (folder / "broken.jpg").write_bytes(f.read()[:200])  # truncated
   (folder / "notes.txt").write_text("not an image")  # not an image extension: not taken
@@ -207,16 +223,29 @@ def test_predict_folder_with_a_corrupt_file(reading_weights, reading_model, tmp_
   assert all(len(r) == 3 for r in rows)
   assert f"error: {folder / 'broken.jpg'}" in err and "notes.txt" not in out + err
 
-  images = [recognizer_lib.read_image(str(folder / "a.jpg")),
-            recognizer_lib.read_image(str(folder / "sub" / "b.png"))]
+  images = [
+      recognizer_lib.read_image(str(folder / "a.jpg")),
+      recognizer_lib.read_image(str(folder / "sub" / "b.png")),
+  ]
   expected = reading_model(images)
   assert [t for t, _ in expected] == ["THE", "MASTER"]  # a model that reads
   assert [r[1] for r in rows] == [t for t, _ in expected]
   # Printed with 4 decimals.
   np.testing.assert_allclose([float(r[2]) for r in rows], [c for _, c in expected], atol=6e-5)
 
-  code = predict.main(["--weights", reading_weights, "--json", "--top-k", "2", "--beam-size",
-                       "2", str(folder / "a.jpg"), str(folder / "broken.jpg")])
+  code = predict.main(
+      [
+          "--weights",
+          reading_weights,
+          "--json",
+          "--top-k",
+          "2",
+          "--beam-size",
+          "2",
+          str(folder / "a.jpg"),
+          str(folder / "broken.jpg"),
+      ]
+  )
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert code == 1
   first = lines[0]

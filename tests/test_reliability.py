@@ -54,16 +54,20 @@ def _config(**overrides):
 
 
 def _all_finite(tree) -> bool:
-  return all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(tree)
-             if np.issubdtype(np.asarray(x).dtype, np.floating))
+  return all(
+      bool(np.isfinite(np.asarray(x)).all())
+      for x in jax.tree.leaves(tree)
+      if np.issubdtype(np.asarray(x).dtype, np.floating)
+  )
 
 
 def _restore(workdir, config, step):
   mesh = sharding.make_mesh()
   charset = train.make_charset(config)
   model = models.from_config(config.model, charset.num_classes)
-  template = jax.jit(lambda r: train.create_train_state(config, model, r),
-                     out_shardings=sharding.replicated(mesh))(jax.random.key(0))
+  template = jax.jit(
+      lambda r: train.create_train_state(config, model, r), out_shardings=sharding.replicated(mesh)
+  )(jax.random.key(0))
   ckpts = checkpoints.Checkpoints(workdir)
   try:
     return ckpts.restore(template, step)[0]
@@ -80,8 +84,7 @@ def test_corrupt_checkpoint_is_refused_and_resume_falls_back(tmp_path, capsys):
   step aside, the save of step 4 fails with Orbax's StepAlreadyExistsError.
   """
   workdir = str(tmp_path / "run")
-  config = _config(**{"train.num_steps": 4, "checkpoint.every_steps": 2,
-                      "eval.every_steps": 4})
+  config = _config(**{"train.num_steps": 4, "checkpoint.every_steps": 2, "eval.every_steps": 4})
   train.train_and_evaluate(config, workdir)
   capsys.readouterr()
   flipped = _flip_bytes(os.path.join(workdir, "checkpoints", "4"))
@@ -90,17 +93,32 @@ def test_corrupt_checkpoint_is_refused_and_resume_falls_back(tmp_path, capsys):
 
   # evaluate.py: one line on stderr, no traceback, non-zero exit.
   proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), "--workdir", workdir,
-       "--data", config.data.eval], capture_output=True, text=True, cwd=REPO, check=False,
-      env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO), timeout=180)
+      [
+          sys.executable,
+          os.path.join(REPO, "scripts", "evaluate.py"),
+          "--workdir",
+          workdir,
+          "--data",
+          config.data.eval,
+      ],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      check=False,
+      env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO),
+      timeout=180,
+  )
   print("evaluate.py exit", proc.returncode, "stderr:", proc.stderr.strip()[-600:])
   assert proc.returncode == 1, proc.stdout + proc.stderr
   assert "Traceback" not in proc.stderr
   # Usually the digests catch it ("is corrupt: data of <leaf> ..."); when the flipped
   # bytes land on a compressed chunk's header, TensorStore cannot decode it ("cannot be
   # read"). Either way the checkpoint is named and refused.
-  assert re.search(r"^error: Checkpoint .*best/4 (is corrupt: data of \S+|cannot be read)",
-                   proc.stderr, re.MULTILINE)
+  assert re.search(
+      r"^error: Checkpoint .*best/4 (is corrupt: data of \S+|cannot be read)",
+      proc.stderr,
+      re.MULTILINE,
+  )
 
   # The inference and fine-tuning loaders refuse it the same way.
   with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints/4 (is corrupt|cannot be)"):
@@ -114,8 +132,9 @@ def test_corrupt_checkpoint_is_refused_and_resume_falls_back(tmp_path, capsys):
   train.train_and_evaluate(config, workdir)
   out = capsys.readouterr().out
   print("\n".join(line for line in out.splitlines() if "warning" in line or "Resum" in line))
-  assert re.search(r"warning: Checkpoint .*checkpoints/4 (is corrupt: data of |cannot be read)",
-                   out)
+  assert re.search(
+      r"warning: Checkpoint .*checkpoints/4 (is corrupt: data of |cannot be read)", out
+  )
   assert "trying the checkpoint at step 2" in out
   assert "Resuming from the checkpoint at step 2" in out and "step 3/6" in out
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "4.corrupt", "6"]
@@ -137,28 +156,38 @@ def test_nothing_intact_is_a_clear_error(tmp_path):
   tiny_model.save_checkpoint(workdir, config, step=1)
   tiny_model.save_checkpoint(workdir, config, step=2)
   state = tiny_model.make_state(config)[0]
-  other = state.replace(params={**state.params, "classifier": jax.tree.map(
-      lambda x: x + 1, state.params["classifier"])})
+  other = state.replace(
+      params={
+          **state.params,
+          "classifier": jax.tree.map(lambda x: x + 1, state.params["classifier"]),
+      }
+  )
   ckpts = checkpoints.Checkpoints(str(tmp_path / "other"))
   ckpts.save(1, other, train._meta(config, train.make_charset(config), other), force=True)
   ckpts.close()
   shutil.rmtree(os.path.join(workdir, "checkpoints", "1", "state"))
-  shutil.copytree(str(tmp_path / "other" / "checkpoints" / "1" / "state"),
-                  os.path.join(workdir, "checkpoints", "1", "state"))
+  shutil.copytree(
+      str(tmp_path / "other" / "checkpoints" / "1" / "state"),
+      os.path.join(workdir, "checkpoints", "1", "state"),
+  )
   _flip_bytes(os.path.join(workdir, "checkpoints", "2"), files="d/*")
 
   ckpts = checkpoints.Checkpoints(workdir)
   logs = []
-  with pytest.raises(checkpoints.CheckpointError,
-                     match=r"None of the 2 checkpoints .* is intact.*new --workdir") as e:
+  with pytest.raises(
+      checkpoints.CheckpointError, match=r"None of the 2 checkpoints .* is intact.*new --workdir"
+  ) as e:
     ckpts.restore_intact(state, log=logs.append)
   ckpts.close()
   print("\n".join(logs + [str(e.value)]))
   log = "\n".join(logs)
   assert re.search(r"checkpoints/2 cannot be read \(.*DATA_LOSS", log)
   assert "trying the checkpoint at step 1" in log
-  assert re.search(r"checkpoints/1 is corrupt: data of params/classifier/bias, "
-                   r"params/classifier/kernel \(2 of \d+ arrays\) differ from the digests", log)
+  assert re.search(
+      r"checkpoints/1 is corrupt: data of params/classifier/bias, "
+      r"params/classifier/kernel \(2 of \d+ arrays\) differ from the digests",
+      log,
+  )
   assert "no older checkpoint is left" in log
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1.corrupt", "2.corrupt"]
 
@@ -174,16 +203,31 @@ def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path,
   temporary folder staying behind.
   """
   workdir = tmp_path / "run"
-  config = tiny_config(**{"train.num_steps": 6, "checkpoint.every_steps": 2,
-                          "eval.every_steps": 1000})
-  cmd = [sys.executable, "-u", os.path.join(REPO, "scripts", "train.py"),
-         "--config", os.path.join(REPO, "configs", "base.py"), f"--workdir={workdir}",
-         *_overrides(config, 6)]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             **{checkpoints.PAUSE_BEFORE_COMMIT_ENV: "4"})
+  config = tiny_config(
+      **{"train.num_steps": 6, "checkpoint.every_steps": 2, "eval.every_steps": 1000}
+  )
+  cmd = [
+      sys.executable,
+      "-u",
+      os.path.join(REPO, "scripts", "train.py"),
+      "--config",
+      os.path.join(REPO, "configs", "base.py"),
+      f"--workdir={workdir}",
+      *_overrides(config, 6),
+  ]
+  env = dict(
+      os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, **{checkpoints.PAUSE_BEFORE_COMMIT_ENV: "4"}
+  )
   env.pop("XLA_FLAGS", None)
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=env, cwd=REPO, start_new_session=True)
+  proc = subprocess.Popen(
+      cmd,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=env,
+      cwd=REPO,
+      start_new_session=True,
+  )
   lines = []
   try:
     deadline = time.time() + 240
@@ -218,8 +262,9 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   heartbeat timeout kills both with a non-zero status; or the two stop at different
   steps (different "step N" in their last lines).
   """
-  config = tiny_config(**{"train.log_every_steps": 1, "checkpoint.every_steps": 1000,
-                          "eval.every_steps": 100000})
+  config = tiny_config(
+      **{"train.log_every_steps": 1, "checkpoint.every_steps": 1000, "eval.every_steps": 100000}
+  )
   config.model.conv_impl = "xla"
   workdir = tmp_path / "pod"
   procs = _launch(workdir, _overrides(config, 100000), _free_port())
@@ -239,8 +284,10 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   finally:
     _kill_all(procs)
   finals = [re.search(r"process (\d): step (\d+), parameter checksum (\w+)", o) for o in outs]
-  print(f"both exited {[p.returncode for p in procs]} {took:.1f} s after SIGTERM to "
-        f"process 1; last lines: {[f.group(0) if f else None for f in finals]}")
+  print(
+      f"both exited {[p.returncode for p in procs]} {took:.1f} s after SIGTERM to "
+      f"process 1; last lines: {[f.group(0) if f else None for f in finals]}"
+  )
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   assert "process 1: SIGTERM received" in outs[1]
@@ -271,9 +318,12 @@ def test_nonfinite_step_changes_nothing_but_the_step():
   mesh = sharding.make_mesh()
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   step = jax.jit(train.train_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl))
-  batch = {"images": np.full((16, 32, 64), np.nan, np.float32),
-           "widths": np.full((16,), 64, np.int32),
-           "labels": np.ones((16, 4), np.int32), "label_paddings": np.zeros((16, 4), np.float32)}
+  batch = {
+      "images": np.full((16, 32, 64), np.nan, np.float32),
+      "widths": np.full((16,), 64, np.int32),
+      "labels": np.ones((16, 4), np.int32),
+      "label_paddings": np.zeros((16, 4), np.float32),
+  }
   after, m = jax.device_get(step(state, sharding.to_global(batch, mesh), jax.random.key(0)))
   assert int(m["nonfinite"]) == 1 and not np.isfinite(m["loss"])
   assert int(after.step) == int(before.step) + 1
@@ -292,8 +342,9 @@ def test_nonfinite_steps_are_skipped_then_a_streak_stops_training(tmp_path, monk
   """
   monkeypatch.setenv(nonfinite.NONFINITE_STEPS_ENV, "2,4,5,6")
   workdir = str(tmp_path / "run")
-  config = tiny_config(**{"train.num_steps": 8, "checkpoint.every_steps": 2,
-                          "train.max_nonfinite_steps": 3})
+  config = tiny_config(
+      **{"train.num_steps": 8, "checkpoint.every_steps": 2, "train.max_nonfinite_steps": 3}
+  )
   with pytest.raises(nonfinite.NonFiniteError) as e:
     train.train_and_evaluate(config, workdir)
   steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]

@@ -22,26 +22,38 @@ pytestmark = pytest.mark.real_data
 
 def _batch(config, n=16, seed=0):
   charset = train.make_charset(config)
-  idx = index.build_index(specs.open_source("tsv:" + real("svt_train")), charset=charset,
-                          height=32, width_buckets=(128,))
+  idx = index.build_index(
+      specs.open_source("tsv:" + real("svt_train")),
+      charset=charset,
+      height=32,
+      width_buckets=(128,),
+  )
   rows = np.random.default_rng(seed).permutation(idx.members[0])[:n]
   cached = [idx.cache[int(i)] for i in rows]
-  return batching.assemble([c.image for c in cached], 128, n, labels=[c.ids for c in cached],
-                           frames=idx.frames[0])
+  return batching.assemble(
+      [c.image for c in cached], 128, n, labels=[c.ids for c in cached], frames=idx.frames[0]
+  )
 
 
 def _state(config, mesh):
   charset = train.make_charset(config)
   model = models.from_config(config.model, charset.num_classes)
-  return jax.jit(functools.partial(train.create_train_state, config, model),
-                 out_shardings=sharding.replicated(mesh))(jax.random.key(0))
+  return jax.jit(
+      functools.partial(train.create_train_state, config, model),
+      out_shardings=sharding.replicated(mesh),
+  )(jax.random.key(0))
 
 
 def _step(mesh):
-  return jax.jit(train.train_step,
-                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh),
-                               sharding.replicated(mesh)),
-                 out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
+  return jax.jit(
+      train.train_step,
+      in_shardings=(
+          sharding.replicated(mesh),
+          sharding.batch_sharded(mesh),
+          sharding.replicated(mesh),
+      ),
+      out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
+  )
 
 
 def test_step_on_8_devices_equals_single_device():
@@ -59,6 +71,7 @@ def test_step_on_8_devices_equals_single_device():
   (s1, m1), (s8, m8) = results
   np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
   np.testing.assert_allclose(m1["grad_norm"], m8["grad_norm"], rtol=1e-4)
+
   # Adam's first moment after one step is 0.1 * gradient: compare gradients through it
   # (Adam's first update is lr * sign(g) for tiny g, which would amplify rounding). Eight
   # partial sums add up in another order than one; where terms cancel, the rounding is
@@ -69,6 +82,7 @@ def test_step_on_8_devices_equals_single_device():
   # all-reduce differs by the gradients themselves.
   def close(a, b):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7 + 1e-4 * float(np.max(np.abs(b))))
+
   jax.tree.map(close, s1.opt_state[0].mu, s8.opt_state[0].mu)
   jax.tree.map(close, s1.batch_stats, s8.batch_stats)
   assert int(s8.step) == 1
@@ -101,14 +115,15 @@ def test_schedules_by_hand():
   const = train.make_schedule(_optim_config(learning_rate=lr))
   assert [float(const(t)) for t in (0, 50, 1000)] == pytest.approx([lr] * 3)
   warm = train.make_schedule(_optim_config(learning_rate=lr, warmup_steps=10))
-  assert [float(warm(t)) for t in (0, 5, 10, 11, 99)] == pytest.approx(
-      [0.0, lr / 2, lr, lr, lr])
-  cosine = train.make_schedule(_optim_config(learning_rate=lr, warmup_steps=10,
-                                             schedule="cosine", end_lr_fraction=0.1))
+  assert [float(warm(t)) for t in (0, 5, 10, 11, 99)] == pytest.approx([0.0, lr / 2, lr, lr, lr])
+  cosine = train.make_schedule(
+      _optim_config(learning_rate=lr, warmup_steps=10, schedule="cosine", end_lr_fraction=0.1)
+  )
   end = 0.1 * lr
   # Peak at 10, halfway down at (10 + 100) / 2 = 55, the floor at num_steps and after.
   assert [float(cosine(t)) for t in (0, 5, 10, 55, 100, 150)] == pytest.approx(
-      [0.0, lr / 2, lr, (lr + end) / 2, end, end], rel=1e-5)
+      [0.0, lr / 2, lr, (lr + end) / 2, end, end], rel=1e-5
+  )
   with pytest.raises(ValueError, match="optim.schedule 'step'"):
     train.make_schedule(_optim_config(schedule="step"))
   with pytest.raises(ValueError, match="optim.name 'sgd'"):
@@ -132,10 +147,17 @@ def _numpy_updates(name, grads, params, *, lr, weight_decay=0.0, clip=0.0):
   return out
 
 
-@pytest.mark.parametrize("name,extra", [
-    ("adam", {}), ("adamw", {"weight_decay": 0.3}), ("rmsprop", {}),
-    ("adam", {"grad_clip_norm": 1.0}), ("adam", {"warmup_steps": 2})],
-    ids=["adam", "adamw", "rmsprop", "adam-clipped", "adam-warmup"])
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        ("adam", {}),
+        ("adamw", {"weight_decay": 0.3}),
+        ("rmsprop", {}),
+        ("adam", {"grad_clip_norm": 1.0}),
+        ("adam", {"warmup_steps": 2}),
+    ],
+    ids=["adam", "adamw", "rmsprop", "adam-clipped", "adam-warmup"],
+)
 def test_optimizers_by_hand(name, extra):
   """Three updates of make_optimizer against the textbook formulas, in float64 terms.
 
@@ -158,8 +180,14 @@ def test_optimizers_by_hand(name, extra):
     u, state = tx.update(g.astype(np.float32), state, params.astype(np.float32))
     got.append(np.asarray(u, np.float64))
   rates = [float(train.make_schedule(config)(t)) for t in range(3)]
-  want = _numpy_updates(name, grads, params, lr=rates, weight_decay=extra.get("weight_decay", 0),
-                        clip=extra.get("grad_clip_norm", 0))
+  want = _numpy_updates(
+      name,
+      grads,
+      params,
+      lr=rates,
+      weight_decay=extra.get("weight_decay", 0),
+      clip=extra.get("grad_clip_norm", 0),
+  )
   for step, (a, b) in enumerate(zip(got, want)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9, err_msg=f"update {step + 1}")
   if "warmup_steps" in extra:
@@ -188,8 +216,7 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
   checkpoint of another model shape restores without a clear error.
   """
   workdir = str(tmp_path / "run")
-  config = tiny_config(**{"train.num_steps": 2, "checkpoint.every_steps": 2,
-                          "eval.every_steps": 2})
+  config = tiny_config(**{"train.num_steps": 2, "checkpoint.every_steps": 2, "eval.every_steps": 2})
   first = train.train_and_evaluate(config, workdir)
   out = capsys.readouterr().out
   assert "Resuming" not in out and "word accuracy" in out and first["n"] == 250
@@ -219,14 +246,17 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
   assert type(resumed.opt_state) is type(template.opt_state)
   direct, _ = checkpoints.Checkpoints(straight).restore(template)
   _same(resumed, direct)
-  assert not np.array_equal(resumed.params["classifier"]["bias"],
-                            ckpts.restore(template, 2)[0].params["classifier"]["bias"])
+  assert not np.array_equal(
+      resumed.params["classifier"]["bias"],
+      ckpts.restore(template, 2)[0].params["classifier"]["bias"],
+  )
 
   # Round trip against the state in memory: every leaf random and distinct (Adam's
   # moments and count too), so a leaf saved as zeros or as another leaf shows.
   rng = np.random.default_rng(3)
-  saved = jax.tree.map(lambda x: jax.device_put(
-      (rng.random(x.shape) + 1).astype(x.dtype), x.sharding), template)
+  saved = jax.tree.map(
+      lambda x: jax.device_put((rng.random(x.shape) + 1).astype(x.dtype), x.sharding), template
+  )
   other_dir = checkpoints.Checkpoints(str(tmp_path / "roundtrip"))
   other_dir.save(7, saved, train._meta(config, train.make_charset(config), saved), force=True)
   other_dir.wait()
@@ -254,16 +284,31 @@ def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, capsys):
   workdir = tmp_path / "sig"
 
   def command(num_steps):
-    return [sys.executable, "-u", os.path.join(REPO, "scripts", "train.py"),
-            "--config", os.path.join(REPO, "configs", "quick.py"), f"--workdir={workdir}",
-            "--config.model.conv_features=(4,8,8,8,8,8,8)", "--config.model.lstm_hidden=8",
-            f"--config.data.train=tsv:{real('captcha_digits')}",
-            f"--config.data.eval=tsv:{real('svt_train')}", f"--config.train.num_steps={num_steps}",
-            "--config.train.batch_size=16", "--config.train.log_every_steps=1"]
+    return [
+        sys.executable,
+        "-u",
+        os.path.join(REPO, "scripts", "train.py"),
+        "--config",
+        os.path.join(REPO, "configs", "quick.py"),
+        f"--workdir={workdir}",
+        "--config.model.conv_features=(4,8,8,8,8,8,8)",
+        "--config.model.lstm_hidden=8",
+        f"--config.data.train=tsv:{real('captcha_digits')}",
+        f"--config.data.eval=tsv:{real('svt_train')}",
+        f"--config.train.num_steps={num_steps}",
+        "--config.train.batch_size=16",
+        "--config.train.log_every_steps=1",
+    ]
 
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(command(100000), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env=env, cwd=REPO)
+  proc = subprocess.Popen(
+      command(100000),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=env,
+      cwd=REPO,
+  )
   lines = []
   try:
     for line in proc.stdout:
@@ -310,6 +355,7 @@ def bf16_runs():
   losses of ``BF16_STEPS`` steps over 4 fixed batches, and the final state. One compile
   per dtype serves every test below."""
   import tiny_model
+
   mesh = sharding.make_mesh(jax.devices()[:1])
   base = tiny_model.config(**{"model.dropout": 0.0, "optim.learning_rate": 1e-3})
   batches = [sharding.to_global(_batch(base, n=8, seed=s), mesh) for s in range(4)]
@@ -321,15 +367,21 @@ def bf16_runs():
   def init(path, leaf):
     name = str(getattr(path[-1], "key", path[-1]))
     shape = leaf.shape
-    value = (rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[:-1])), shape) if name == "kernel"
-             else np.ones(shape) if name == "scale" else np.zeros(shape))
+    value = (
+        rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[:-1])), shape)
+        if name == "kernel"
+        else np.ones(shape)
+        if name == "scale"
+        else np.zeros(shape)
+    )
     return jax.device_put(value.astype(np.float32), leaf.sharding)
 
   params = jax.tree_util.tree_map_with_path(init, state32.params)
   runs = {}
   for dtype in ("float32", "bfloat16"):
-    cfg = tiny_model.config(**{"model.dropout": 0.0, "optim.learning_rate": 1e-3,
-                               "model.compute_dtype": dtype})
+    cfg = tiny_model.config(
+        **{"model.dropout": 0.0, "optim.learning_rate": 1e-3, "model.compute_dtype": dtype}
+    )
     state, charset = tiny_model.make_state(cfg, mesh)
     state = state.replace(params=params)
     assert models.from_config(cfg.model, charset.num_classes).dtype == jax.numpy.dtype(dtype)
@@ -340,9 +392,17 @@ def bf16_runs():
       losses.append(m["loss"])
       if i == 0:
         first = jax.device_get((state, m))
-    runs[dtype] = dict(config=cfg, charset=charset, step=step, first=first, state=state,
-                       metrics=jax.device_get(m), losses=np.array(jax.device_get(losses)),
-                       batch=batches[0], mesh=mesh)
+    runs[dtype] = dict(
+        config=cfg,
+        charset=charset,
+        step=step,
+        first=first,
+        state=state,
+        metrics=jax.device_get(m),
+        losses=np.array(jax.device_get(losses)),
+        batch=batches[0],
+        mesh=mesh,
+    )
   return runs
 
 
@@ -358,7 +418,7 @@ def test_bfloat16_step_matches_float32(bf16_runs):
   # Adam's first moment after one step is 0.1 * gradient.
   g32 = jax.tree_util.tree_flatten_with_path(s32.opt_state[0].mu)[0]
   g16 = jax.tree.leaves(s16.opt_state[0].mu)
-  total = np.sqrt(sum(np.sum(a ** 2) for _, a in g32))
+  total = np.sqrt(sum(np.sum(a**2) for _, a in g32))
   diff = np.sqrt(sum(np.sum((b - a) ** 2) for (_, a), b in zip(g32, g16)))
   assert diff / total < 0.1, diff / total
   for (path, a), b in zip(g32, g16):
@@ -379,10 +439,12 @@ def test_bfloat16_training_reaches_float32_loss(bf16_runs):
 def test_bfloat16_keeps_parameters_optimiser_statistics_and_loss_float32(bf16_runs):
   run = bf16_runs["bfloat16"]
   state = run["state"]
-  for name, tree in (("params", state.params), ("opt_state", state.opt_state),
-                     ("batch_stats", state.batch_stats)):
-    floats = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype,
-                                                                       jax.numpy.floating)]
+  for name, tree in (
+      ("params", state.params),
+      ("opt_state", state.opt_state),
+      ("batch_stats", state.batch_stats),
+  ):
+    floats = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
     assert floats and {x.dtype for x in floats} == {np.dtype(np.float32)}, name
   assert run["metrics"]["loss"].dtype == np.float32
   assert run["metrics"]["grad_norm"].dtype == np.float32
@@ -394,16 +456,20 @@ def test_checkpoints_cross_compute_dtypes(bf16_runs, tmp_path, saved, restored):
   """A checkpoint of a run in one compute dtype resumes a run in the other."""
   src, dst = bf16_runs[saved], bf16_runs[restored]
   ckpts = checkpoints.Checkpoints(str(tmp_path))
-  ckpts.save(BF16_STEPS, src["state"], train._meta(src["config"], src["charset"],
-                                                   src["state"]), force=True)
+  ckpts.save(
+      BF16_STEPS, src["state"], train._meta(src["config"], src["charset"], src["state"]), force=True
+  )
   ckpts.wait()
   # The other run's own state is the template, as a resumed run's fresh state would be.
   state, step = ckpts.restore_intact(dst["state"])
   ckpts.close()
   assert step == BF16_STEPS and int(state.step) == BF16_STEPS
   # apply_fn differs (another dtype's model), every array is the saved one.
-  for got, want in ((state.params, src["state"].params), (state.opt_state, src["state"].opt_state),
-                    (state.batch_stats, src["state"].batch_stats)):
+  for got, want in (
+      (state.params, src["state"].params),
+      (state.opt_state, src["state"].opt_state),
+      (state.batch_stats, src["state"].batch_stats),
+  ):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), jax.device_get(want))
   # The other dtype's compiled step takes it as it is.
   state, m = dst["step"](state, dst["batch"], jax.random.key(0))

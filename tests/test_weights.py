@@ -35,9 +35,15 @@ def loaded(workdir):
 
 
 def provenance_meta(loaded):
-  return dict(loaded.meta, step=loaded.step,
-              provenance={"checkpoint": loaded.where, "config": "tests/tiny_model.py",
-                          "note": "caf\u00e9 \u2013 non-ASCII survives"})
+  return dict(
+      loaded.meta,
+      step=loaded.step,
+      provenance={
+          "checkpoint": loaded.where,
+          "config": "tests/tiny_model.py",
+          "note": "caf\u00e9 \u2013 non-ASCII survives",
+      },
+  )
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +74,16 @@ def test_round_trip_float16_params_exact_batch_stats(loaded, tmp_path):
   variables = jax.tree.map(np.asarray, jax.device_get(loaded.variables))
   variables["batch_stats"] = jax.tree.map(
       lambda x: (1234.567 + 1000 * rng.standard_normal(x.shape)).astype(np.float32),
-      variables["batch_stats"])
+      variables["batch_stats"],
+  )
   variables["params"]["cnn"]["conv1"]["bias"] = np.full_like(
-      variables["params"]["cnn"]["conv1"]["bias"], 1e5)  # float16 overflows
+      variables["params"]["cnn"]["conv1"]["bias"], 1e5
+  )  # float16 overflows
   variables["params"]["classifier"]["bias"] = (
       1e-6 * rng.standard_normal(variables["params"]["classifier"]["bias"].shape)
-  ).astype(np.float32)  # float16 underflows
+  ).astype(
+      np.float32
+  )  # float16 underflows
   path = str(tmp_path / "w.npz")
   written = weights.save_weights(path, variables, provenance_meta(loaded))
   assert set(written.float32_params) == {"params/cnn/conv1/bias", "params/classifier/bias"}
@@ -82,8 +92,7 @@ def test_round_trip_float16_params_exact_batch_stats(loaded, tmp_path):
   same_tree(got, variables, lambda x, y: x.dtype == np.float32 and x.shape == y.shape)
   same_tree(got["batch_stats"], variables["batch_stats"], np.array_equal)
   with np.errstate(over="ignore"):
-    rounded = jax.tree.map(lambda x: x.astype(np.float16).astype(np.float32),
-                           variables["params"])
+    rounded = jax.tree.map(lambda x: x.astype(np.float16).astype(np.float32), variables["params"])
   rounded["cnn"]["conv1"]["bias"] = variables["params"]["cnn"]["conv1"]["bias"]
   rounded["classifier"]["bias"] = variables["params"]["classifier"]["bias"]
   same_tree(got["params"], rounded, np.array_equal)
@@ -99,7 +108,7 @@ def test_round_trip_float16_params_exact_batch_stats(loaded, tmp_path):
 
 
 def flip(data: bytes, offset: int) -> bytes:
-  return data[:offset] + bytes([data[offset] ^ 0x5A]) + data[offset + 1:]
+  return data[:offset] + bytes([data[offset] ^ 0x5A]) + data[offset + 1 :]
 
 
 def test_a_flipped_byte_anywhere_is_caught(weights_file, tmp_path):
@@ -120,8 +129,16 @@ def test_a_flipped_byte_anywhere_is_caught(weights_file, tmp_path):
   with zipfile.ZipFile(weights_file) as zf:
     central = data.rfind(b"PK\x01\x02")  # the last central-directory entry
     meta_at = zf.getinfo(weights.META_MEMBER).header_offset + 30 + len(weights.META_MEMBER)
-  offsets = {0, 14, meta_at + 3, in_array, central + 20, len(data) - 92, len(data) - 64,
-             len(data) - 1}
+  offsets = {
+      0,
+      14,
+      meta_at + 3,
+      in_array,
+      central + 20,
+      len(data) - 92,
+      len(data) - 64,
+      len(data) - 1,
+  }
   offsets |= set(np.random.default_rng(0).integers(0, len(data), 24).tolist())
   assert data.find(kernel) > 0
   bad = str(tmp_path / "bad.npz")
@@ -213,9 +230,19 @@ def test_predict_script_with_a_weights_file(weights_file):
   image = os.path.join(SVT, "3.jpg")
   text, confidence = Recognizer.from_weights(weights_file)([recognizer_lib.read_image(image)])[0]
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "predict.py"),
-                        "--weights", weights_file, image],
-                       capture_output=True, text=True, env=env, timeout=120)
+  run = subprocess.run(
+      [
+          sys.executable,
+          os.path.join(REPO, "scripts", "predict.py"),
+          "--weights",
+          weights_file,
+          image,
+      ],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=120,
+  )
   assert run.returncode == 0, run.stderr
   path, got_text, got_conf = run.stdout.strip().split("\t")
   assert (path, got_text) == (image, text)
@@ -286,7 +313,8 @@ def test_init_from_weights_file_with_another_charset(weights_file, monkeypatch):
 shipped = pytest.mark.skipif(
     not os.path.isfile(weights.PRETRAINED_FILE),
     reason=f"{os.path.relpath(weights.PRETRAINED_FILE, REPO)} is not in the repository yet "
-    f"(write it with scripts/export_weights.py once the seed model is trained)")
+    f"(write it with scripts/export_weights.py once the seed model is trained)",
+)
 
 
 @shipped
@@ -314,14 +342,20 @@ def test_shipped_model_reads_clean_words_and_the_example():
   renderer = Renderer(seed=7, height=32, difficulty=0.0)
   images, texts = zip(*(renderer.render(i) for i in range(40)))
   read = [t for t, _ in rec(list(images))]
-  right = sum(metrics.benchmark_normalize(a) == metrics.benchmark_normalize(b)
-              for a, b in zip(read, texts))
+  right = sum(
+      metrics.benchmark_normalize(a) == metrics.benchmark_normalize(b) for a, b in zip(read, texts)
+  )
   assert right >= 28, list(zip(texts, read))
 
   example = os.path.join(REPO, "examples", "word.png")
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "predict.py"), example],
-                       capture_output=True, text=True, env=env, timeout=120)
+  run = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "predict.py"), example],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=120,
+  )
   assert run.returncode == 0, run.stderr
   assert run.stdout.split("\t")[1] == make_word.WORD
   assert "model: pretrained model" in run.stderr

@@ -58,8 +58,9 @@ def make_state(cfg: ml_collections.ConfigDict, mesh=None, seed: int = 0):
   mesh = mesh or sharding.make_mesh()
   charset = train.make_charset(cfg)
   model = models.from_config(cfg.model, charset.num_classes)
-  abstract = jax.eval_shape(functools.partial(train.create_train_state, cfg, model),
-                            jax.random.key(seed))
+  abstract = jax.eval_shape(
+      functools.partial(train.create_train_state, cfg, model), jax.random.key(seed)
+  )
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -77,8 +78,9 @@ def make_state(cfg: ml_collections.ConfigDict, mesh=None, seed: int = 0):
   return jax.tree_util.tree_map_with_path(fill, abstract), charset
 
 
-def save_checkpoint(workdir: str, cfg: ml_collections.ConfigDict, *, seed: int = 0,
-                    step: int = 1) -> str:
+def save_checkpoint(
+    workdir: str, cfg: ml_collections.ConfigDict, *, seed: int = 0, step: int = 1
+) -> str:
   """Writes a training-style checkpoint of fresh weights into ``workdir``; returns it."""
   state, charset = make_state(cfg, seed=seed)
   ckpts = ckpt_lib.Checkpoints(workdir)

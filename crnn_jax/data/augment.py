@@ -39,8 +39,19 @@ from crnn_jax.data.preprocess import MIN_WIDTH
 
 # Each op reads its own row of uniform draws, so changing one op's probability or
 # magnitude leaves the draws, and so the output, of every other op as it was.
-_OPS = ("rotate", "shear", "perspective", "curve", "crop", "tone", "invert", "lighting",
-        "soften", "noise", "jpeg")
+_OPS = (
+    "rotate",
+    "shear",
+    "perspective",
+    "curve",
+    "crop",
+    "tone",
+    "invert",
+    "lighting",
+    "soften",
+    "noise",
+    "jpeg",
+)
 _DRAWS_PER_OP = 5
 
 # A long word's ends rise by width * sin(angle); beyond this fraction of the height the
@@ -62,16 +73,21 @@ _EDGE_STEPS = np.linspace(0.0, 1.0, 17)
 
 
 def _check_inputs(image, strength) -> None:
-  if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not (
-      0.0 <= strength <= 1.0):
+  if (
+      isinstance(strength, bool)
+      or not isinstance(strength, numbers.Real)
+      or not (0.0 <= strength <= 1.0)
+  ):
     raise ValueError(f"strength must be a number in [0, 1]; got {strength!r}.")
   if not isinstance(image, np.ndarray):
     raise ValueError(
-        f"image must be a 2-D (H, W) uint8 grayscale numpy array; got {type(image).__name__}.")
+        f"image must be a 2-D (H, W) uint8 grayscale numpy array; got {type(image).__name__}."
+    )
   if image.ndim != 2 or image.dtype != np.uint8 or image.size == 0:
     raise ValueError(
         f"image must be a non-empty 2-D (H, W) uint8 grayscale array; got shape "
-        f"{image.shape} dtype {image.dtype}.")
+        f"{image.shape} dtype {image.dtype}."
+    )
 
 
 def border_value(image: np.ndarray) -> int:
@@ -104,15 +120,27 @@ def _outline(width: int, height: int, curved: bool) -> np.ndarray:
   t = _EDGE_STEPS
   zeros, ones = np.zeros_like(t), np.ones_like(t)
   xs, ys = t * width, t * height
-  return np.concatenate([
-      np.stack([xs, zeros], 1), np.stack([xs, ones * height], 1),
-      np.stack([zeros, ys], 1), np.stack([ones * width, ys], 1)])
+  return np.concatenate(
+      [
+          np.stack([xs, zeros], 1),
+          np.stack([xs, ones * height], 1),
+          np.stack([zeros, ys], 1),
+          np.stack([ones * width, ys], 1),
+      ]
+  )
 
 
-def warp(image: np.ndarray, *, angle: float = 0.0, shear: float = 0.0,
-         perspective: tuple[float, float] = (0.0, 0.0), curve: float = 0.0,
-         margins: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
-         fill: int = 255, max_width: int | None = None) -> np.ndarray:
+def warp(
+    image: np.ndarray,
+    *,
+    angle: float = 0.0,
+    shear: float = 0.0,
+    perspective: tuple[float, float] = (0.0, 0.0),
+    curve: float = 0.0,
+    margins: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+    fill: int = 255,
+    max_width: int | None = None,
+) -> np.ndarray:
   """Rotates, shears, tilts and bends a word crop, re-crops it and scales it back to H.
 
   The whole input stays in view (the output box starts as the bounding box of the
@@ -142,11 +170,17 @@ def warp(image: np.ndarray, *, angle: float = 0.0, shear: float = 0.0,
   c, s = math.cos(angle), math.sin(angle)
   # Input pixel-corner coordinates -> a plane centred on the word.
   forward = (
-      np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
-                [perspective[0] / half_w, perspective[1] / half_w, 1.0]])
+      np.array(
+          [
+              [1.0, 0.0, 0.0],
+              [0.0, 1.0, 0.0],
+              [perspective[0] / half_w, perspective[1] / half_w, 1.0],
+          ]
+      )
       @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
       @ np.array([[1.0, shear, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-      @ np.array([[1.0, 0.0, -cx], [0.0, 1.0, -cy], [0.0, 0.0, 1.0]]))
+      @ np.array([[1.0, 0.0, -cx], [0.0, 1.0, -cy], [0.0, 0.0, 1.0]])
+  )
   curve_px = curve * height
   outline = _apply(forward, _outline(width, height, bool(curve_px)))
   curve_half = max(1.0, 0.5 * (outline[:, 0].max() - outline[:, 0].min()))
@@ -168,23 +202,42 @@ def warp(image: np.ndarray, *, angle: float = 0.0, shear: float = 0.0,
   src = Image.fromarray(image, "L")
   size = (out_w, height)
   if curve_px:
-    out = src.transform(size, Image.Transform.MESH,
-                        _curve_mesh(size, to_output, forward, curve_px, curve_half),
-                        Image.Resampling.BILINEAR, fillcolor=fill)
+    out = src.transform(
+        size,
+        Image.Transform.MESH,
+        _curve_mesh(size, to_output, forward, curve_px, curve_half),
+        Image.Resampling.BILINEAR,
+        fillcolor=fill,
+    )
   else:
     inverse = np.linalg.inv(to_output @ forward)
     inverse /= inverse[2, 2]
     if perspective[0] or perspective[1]:
-      out = src.transform(size, Image.Transform.PERSPECTIVE, tuple(inverse.flat[:8]),
-                          Image.Resampling.BILINEAR, fillcolor=fill)
+      out = src.transform(
+          size,
+          Image.Transform.PERSPECTIVE,
+          tuple(inverse.flat[:8]),
+          Image.Resampling.BILINEAR,
+          fillcolor=fill,
+      )
     else:
-      out = src.transform(size, Image.Transform.AFFINE, tuple(inverse.flat[:6]),
-                          Image.Resampling.BILINEAR, fillcolor=fill)
+      out = src.transform(
+          size,
+          Image.Transform.AFFINE,
+          tuple(inverse.flat[:6]),
+          Image.Resampling.BILINEAR,
+          fillcolor=fill,
+      )
   return np.asarray(out, np.uint8)
 
 
-def _curve_mesh(size: tuple[int, int], to_output: np.ndarray, forward: np.ndarray,
-                curve_px: float, curve_half: float) -> list:
+def _curve_mesh(
+    size: tuple[int, int],
+    to_output: np.ndarray,
+    forward: np.ndarray,
+    curve_px: float,
+    curve_half: float,
+) -> list:
   """Pillow MESH data for `forward`, then y += curve_px * (x / curve_half) ** 2.
 
   Vertical strips of the output, each mapped bilinearly from the exact inverse at its four
@@ -289,13 +342,23 @@ def augment(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.
   if fires("crop", 0.6):
     # Negative cuts. Cuts stay small, so a tight crop loses at most a sliver of a letter.
     d = draws["crop"]
-    margins = tuple(st * (lo + (hi - lo) * u) for u, (lo, hi) in zip(
-        d[1:], ((-0.03, 0.08), (-0.06, 0.15), (-0.03, 0.08), (-0.06, 0.15))))
+    margins = tuple(
+        st * (lo + (hi - lo) * u)
+        for u, (lo, hi) in zip(d[1:], ((-0.03, 0.08), (-0.06, 0.15), (-0.03, 0.08), (-0.06, 0.15)))
+    )
   fill = border_value(image)
   out = image
   if angle or shear or curve or any(perspective) or any(margins):
-    out = warp(image, angle=angle, shear=shear, perspective=perspective, curve=curve,
-               margins=margins, fill=fill, max_width=int(_MAX_GROWTH * width + _MAX_EXTRA))
+    out = warp(
+        image,
+        angle=angle,
+        shear=shear,
+        perspective=perspective,
+        curve=curve,
+        margins=margins,
+        fill=fill,
+        max_width=int(_MAX_GROWTH * width + _MAX_EXTRA),
+    )
   elif width < MIN_WIDTH:
     out = warp(image, fill=fill)  # only widens to MIN_WIDTH
 
@@ -310,8 +373,10 @@ def augment(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.
     # The shift moves the ink or the background at most half-way to black or white:
     # clipped levels merge, and text on a dark crop made darker is lost to the eye.
     ink_or_bg = (mean + (low - mean) * contrast, mean + (high - mean) * contrast)
-    brightness = min(max(sym("tone", 2, 40.0), -0.5 * max(ink_or_bg[0], 0.0)),
-                     0.5 * max(255.0 - ink_or_bg[1], 0.0))
+    brightness = min(
+        max(sym("tone", 2, 40.0), -0.5 * max(ink_or_bg[0], 0.0)),
+        0.5 * max(255.0 - ink_or_bg[1], 0.0),
+    )
   invert = fires("invert", 0.2)
   if contrast != 1.0 or brightness or invert:
     out = tone_table(mean, contrast, brightness, invert)[out]

@@ -29,6 +29,7 @@ class Source:
   ``rendered`` sources make their images on demand (cheaply, deterministically): the
   training loader renders them as batches need them instead of indexing them first.
   """
+
   spec: str = ""
   rendered: bool = False
 

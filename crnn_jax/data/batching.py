@@ -20,9 +20,15 @@ import numpy as np
 from crnn_jax.data import index as index_lib
 
 
-def assemble(images: Sequence[np.ndarray], width: int, batch_size: int, *,
-             labels: Sequence[Sequence[int]] | None = None, frames: int | None = None,
-             with_mask: bool = False) -> dict:
+def assemble(
+    images: Sequence[np.ndarray],
+    width: int,
+    batch_size: int,
+    *,
+    labels: Sequence[Sequence[int]] | None = None,
+    frames: int | None = None,
+    with_mask: bool = False,
+) -> dict:
   """A host batch of ``batch_size`` rows from up to that many (H, w <= width) uint8 images.
 
   Raises:
@@ -36,26 +42,28 @@ def assemble(images: Sequence[np.ndarray], width: int, batch_size: int, *,
   for r, img in enumerate(images):
     if img.shape[1] > width:
       raise ValueError(f"image {r} is {img.shape[1]} wide, more than the batch width {width}.")
-    out_images[r, :, :img.shape[1]] = img
+    out_images[r, :, : img.shape[1]] = img
     widths[r] = img.shape[1]
   batch = {"images": out_images, "widths": widths}
   if labels is not None:
     ids = np.zeros((batch_size, frames), np.int32)
     lengths = np.zeros((batch_size,), np.int32)
     for r, label in enumerate(labels):
-      ids[r, :len(label)] = label
+      ids[r, : len(label)] = label
       lengths[r] = len(label)
     batch["labels"] = ids
-    batch["label_paddings"] = (np.arange(frames)[None, :] >= lengths[:, None]).astype(
-        np.float32)
+    batch["label_paddings"] = (np.arange(frames)[None, :] >= lengths[:, None]).astype(np.float32)
   if with_mask:
     batch["mask"] = (np.arange(batch_size) < len(images)).astype(np.float32)
   return batch
 
 
-def eval_batches(index: index_lib.Index, batch_size: int, height: int,
-                 batches_per_bucket: Sequence[int] | None = None
-                 ) -> Iterator[tuple[dict, list, list]]:
+def eval_batches(
+    index: index_lib.Index,
+    batch_size: int,
+    height: int,
+    batches_per_bucket: Sequence[int] | None = None,
+) -> Iterator[tuple[dict, list, list]]:
   """Every example of a cached index once: yields ``(batch, texts, keys)``.
 
   Args:
@@ -69,10 +77,15 @@ def eval_batches(index: index_lib.Index, batch_size: int, height: int,
     need = -(-len(members) // batch_size)
     total = need if batches_per_bucket is None else int(batches_per_bucket[b])
     for j in range(total):
-      rows = [index.cache[int(i)] for i in members[j * batch_size:(j + 1) * batch_size]]
-      batch = assemble([c.image for c in rows] or [np.zeros((height, 0), np.uint8)],
-                       index.widths[b], batch_size, labels=[c.ids for c in rows] or [[]],
-                       frames=index.frames[b], with_mask=True)
+      rows = [index.cache[int(i)] for i in members[j * batch_size : (j + 1) * batch_size]]
+      batch = assemble(
+          [c.image for c in rows] or [np.zeros((height, 0), np.uint8)],
+          index.widths[b],
+          batch_size,
+          labels=[c.ids for c in rows] or [[]],
+          frames=index.frames[b],
+          with_mask=True,
+      )
       if not rows:
         batch["mask"][:] = 0.0
       yield batch, [c.text for c in rows], [c.key for c in rows]

@@ -41,29 +41,50 @@ from crnn_jax.data.base import BadExample, Source
 # listed by the projects that train on it (deep-text-recognition-benchmark users, Fuel's
 # converter, several CRNN ports). Relative to the 90kDICT32px folder, without './'.
 MJSYNTH_UNREADABLE = {
-    "train": frozenset({
-        "2194/2/334_EFFLORESCENT_24742.jpg", "2128/2/369_REDACTED_63458.jpg",
-        "2069/4/192_whittier_86389.jpg", "2025/2/364_SNORTERS_72304.jpg",
-        "2013/2/370_refract_63890.jpg", "1881/4/225_Marbling_46673.jpg",
-        "1863/4/223_Diligently_21672.jpg", "1817/2/363_actuating_904.jpg",
-        "1730/2/361_HEREON_35880.jpg", "1696/4/211_Queened_61779.jpg",
-        "1650/2/355_stony_74902.jpg", "1332/4/224_TETHERED_78397.jpg",
-        "936/2/375_LOCALITIES_44992.jpg", "913/4/231_randoms_62372.jpg",
-        "905/4/234_Postscripts_59142.jpg", "869/4/234_TRIASSIC_80582.jpg",
-        "627/6/83_PATRIARCHATE_55931.jpg", "596/2/372_Ump_81662.jpg",
-        "554/2/366_Teleconferences_77948.jpg", "495/6/81_MIDYEAR_48332.jpg",
-        "429/4/208_Mainmasts_46140.jpg", "384/4/220_bolts_8596.jpg",
-        "368/4/232_friar_30876.jpg", "275/6/96_hackle_34465.jpg",
-        "264/2/362_FORETASTE_30276.jpg", "173/2/358_BURROWING_10395.jpg",
-    }),
-    "val": frozenset({
-        "2557/2/351_DOWN_23492.jpg", "2540/4/246_SQUAMOUS_73902.jpg",
-        "2489/4/221_snored_72290.jpg",
-    }),
-    "test": frozenset({
-        "2911/6/77_heretical_35885.jpg", "2852/6/60_TOILSOME_79481.jpg",
-        "2749/6/101_Chided_13155.jpg",
-    }),
+    "train": frozenset(
+        {
+            "2194/2/334_EFFLORESCENT_24742.jpg",
+            "2128/2/369_REDACTED_63458.jpg",
+            "2069/4/192_whittier_86389.jpg",
+            "2025/2/364_SNORTERS_72304.jpg",
+            "2013/2/370_refract_63890.jpg",
+            "1881/4/225_Marbling_46673.jpg",
+            "1863/4/223_Diligently_21672.jpg",
+            "1817/2/363_actuating_904.jpg",
+            "1730/2/361_HEREON_35880.jpg",
+            "1696/4/211_Queened_61779.jpg",
+            "1650/2/355_stony_74902.jpg",
+            "1332/4/224_TETHERED_78397.jpg",
+            "936/2/375_LOCALITIES_44992.jpg",
+            "913/4/231_randoms_62372.jpg",
+            "905/4/234_Postscripts_59142.jpg",
+            "869/4/234_TRIASSIC_80582.jpg",
+            "627/6/83_PATRIARCHATE_55931.jpg",
+            "596/2/372_Ump_81662.jpg",
+            "554/2/366_Teleconferences_77948.jpg",
+            "495/6/81_MIDYEAR_48332.jpg",
+            "429/4/208_Mainmasts_46140.jpg",
+            "384/4/220_bolts_8596.jpg",
+            "368/4/232_friar_30876.jpg",
+            "275/6/96_hackle_34465.jpg",
+            "264/2/362_FORETASTE_30276.jpg",
+            "173/2/358_BURROWING_10395.jpg",
+        }
+    ),
+    "val": frozenset(
+        {
+            "2557/2/351_DOWN_23492.jpg",
+            "2540/4/246_SQUAMOUS_73902.jpg",
+            "2489/4/221_snored_72290.jpg",
+        }
+    ),
+    "test": frozenset(
+        {
+            "2911/6/77_heretical_35885.jpg",
+            "2852/6/60_TOILSOME_79481.jpg",
+            "2749/6/101_Chided_13155.jpg",
+        }
+    ),
 }
 MJSYNTH_SPLITS = ("train", "val", "test")
 # Where the folder sits inside the official tarball.
@@ -92,12 +113,10 @@ def decode_image(data: bytes, key: str) -> Image.Image:
       # model only sees gray. The EXIF orientation is kept (format stays 'JPEG').
       image.draft("L", image.size)
     image.load()
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-          struct.error) as e:
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
     raise BadExample("corrupt_image", key, f"unreadable image ({e})") from None
   if image.width == 0 or image.height == 0:
-    raise BadExample("empty_image", key,
-                             f"zero-size image {image.width}x{image.height}")
+    raise BadExample("empty_image", key, f"zero-size image {image.width}x{image.height}")
   return image
 
 
@@ -115,8 +134,7 @@ def image_size(data: bytes, key: str) -> tuple[int, int]:
     try:
       with Image.open(io.BytesIO(data)) as image:  # parses the header only
         width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-            struct.error) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
       raise BadExample("corrupt_image", key, f"unreadable image ({e})") from None
   if width == 0 or height == 0:
     raise BadExample("empty_image", key, f"zero-size image {width}x{height}")
@@ -178,7 +196,8 @@ def mjsynth_root(path: str | os.PathLike) -> str:
   raise ValueError(
       f"Dataset mjsynth:{path}: no annotation_train.txt / annotation_val.txt / "
       f"annotation_test.txt in {path!r} or {os.path.join(path, _MJSYNTH_TAR_PATH)!r}. Expected "
-      f"the official MJSynth (90kDICT32px) tree, lines like './1/1/23_Hello_456.jpg 456'.")
+      f"the official MJSynth (90kDICT32px) tree, lines like './1/1/23_Hello_456.jpg 456'."
+  )
 
 
 def mjsynth_label(relative_path: str) -> str | None:
@@ -207,15 +226,17 @@ class MJSynthSource(Source):
   def __init__(self, root: str | os.PathLike, split: str = "train"):
     split = "val" if split == "validation" else split
     if split not in MJSYNTH_SPLITS:
-      raise ValueError(f"Dataset mjsynth:{root}: split {split!r} is not one of "
-                       f"{MJSYNTH_SPLITS}.")
+      raise ValueError(
+          f"Dataset mjsynth:{root}: split {split!r} is not one of " f"{MJSYNTH_SPLITS}."
+      )
     self.root = mjsynth_root(root)
     self.split = split
     self.spec = f"mjsynth:{self.root}" + (f",split={split}" if split != "train" else "")
     self.annotation = os.path.join(self.root, f"annotation_{split}.txt")
     if not os.path.isfile(self.annotation):
-      raise ValueError(f"Dataset {self.spec}: no {os.path.basename(self.annotation)} in "
-                       f"{self.root!r}.")
+      raise ValueError(
+          f"Dataset {self.spec}: no {os.path.basename(self.annotation)} in " f"{self.root!r}."
+      )
     self.unreadable = MJSYNTH_UNREADABLE[split]
     self._open()
 
@@ -246,7 +267,7 @@ class MJSynthSource(Source):
 
   def entry(self, index: int) -> tuple[str, str | None]:
     """(relative path without './', label) of line ``index``."""
-    line = bytes(self._buf[self._starts[index]:self._ends[index]]).decode("utf-8", "replace")
+    line = bytes(self._buf[self._starts[index] : self._ends[index]]).decode("utf-8", "replace")
     rel = line.strip().split(" ")[0]
     rel = rel[2:] if rel.startswith("./") else rel
     return rel, mjsynth_label(rel)
@@ -255,11 +276,15 @@ class MJSynthSource(Source):
     rel, label = self.entry(index)
     path = os.path.join(self.root, rel)
     if rel in self.unreadable:
-      raise BadExample("corrupt_image", path,
-                               "known unreadable MJSynth file (on the community list; not opened)")
+      raise BadExample(
+          "corrupt_image", path, "known unreadable MJSynth file (on the community list; not opened)"
+      )
     if label is None:
-      raise BadExample("malformed_name", f"{self.annotation}:{index + 1}",
-                               f"file name {rel!r} is not INDEX_WORD_LEXICON.jpg")
+      raise BadExample(
+          "malformed_name",
+          f"{self.annotation}:{index + 1}",
+          f"file name {rel!r} is not INDEX_WORD_LEXICON.jpg",
+      )
     return path, label
 
   def read(self, index: int):
@@ -282,10 +307,18 @@ _LMDB_ENVS: dict = {}
 
 def _lmdb_env(path: str):
   import lmdb  # only needed for lmdb: specs
+
   key = (path, os.getpid())
   if key not in _LMDB_ENVS:
-    _LMDB_ENVS[key] = lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False,
-                                readahead=False, meminit=False, max_readers=512)
+    _LMDB_ENVS[key] = lmdb.open(
+        path,
+        subdir=os.path.isdir(path),
+        readonly=True,
+        lock=False,
+        readahead=False,
+        meminit=False,
+        max_readers=512,
+    )
   return _LMDB_ENVS[key]
 
 
@@ -303,6 +336,7 @@ class LmdbSource(Source):
   def __init__(self, path: str | os.PathLike):
     extras.require("lmdb", "the lmdb: data spec")
     import lmdb
+
     self.path = os.path.expanduser(os.fspath(path))
     self.spec = f"lmdb:{self.path}"
     if not os.path.exists(self.path):
@@ -315,12 +349,14 @@ class LmdbSource(Source):
     if raw is None:
       raise ValueError(
           f"Dataset {self.spec}: no 'num-samples' key. Expected the deep-text-recognition-"
-          f"benchmark layout: num-samples, image-%09d, label-%09d with indices from 1.")
+          f"benchmark layout: num-samples, image-%09d, label-%09d with indices from 1."
+      )
     try:
       self.n = int(raw)
     except ValueError:
-      raise ValueError(f"Dataset {self.spec}: num-samples is {raw[:40]!r}, not an integer."
-                       ) from None
+      raise ValueError(
+          f"Dataset {self.spec}: num-samples is {raw[:40]!r}, not an integer."
+      ) from None
 
   def __len__(self) -> int:
     return self.n

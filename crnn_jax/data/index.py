@@ -34,6 +34,7 @@ CACHE_LIMIT = 200_000
 @dataclasses.dataclass
 class Cached:
   """One preprocessed example kept in memory: (height, w) uint8 image, label ids and text."""
+
   image: np.ndarray
   ids: list
   text: str
@@ -52,6 +53,7 @@ class Index:
     report: what was seen and skipped.
     cache: source index -> ``Cached`` for a cached source; None when read per batch.
   """
+
   source: readers.Source
   widths: list
   frames: list
@@ -92,8 +94,9 @@ class Index:
     return dataclasses.replace(self, widths=widths, frames=frames, members=members)
 
 
-def check_buckets(width_buckets: Sequence[int], unknown_chars: str = "skip",
-                  resize_mode: str = "pad") -> tuple[list, list]:
+def check_buckets(
+    width_buckets: Sequence[int], unknown_chars: str = "skip", resize_mode: str = "pad"
+) -> tuple[list, list]:
   """The sorted width buckets and their frame counts, after checking the data options.
 
   Raises:
@@ -101,14 +104,19 @@ def check_buckets(width_buckets: Sequence[int], unknown_chars: str = "skip",
   """
   buckets = sorted(set(int(w) for w in width_buckets))
   if not buckets or any(w % models.WIDTH_STRIDE or w < preprocess.MIN_WIDTH for w in buckets):
-    raise ValueError(f"data.width_buckets must be multiples of {models.WIDTH_STRIDE}, at least "
-                     f"{preprocess.MIN_WIDTH}; got {tuple(width_buckets)}.")
+    raise ValueError(
+        f"data.width_buckets must be multiples of {models.WIDTH_STRIDE}, at least "
+        f"{preprocess.MIN_WIDTH}; got {tuple(width_buckets)}."
+    )
   if unknown_chars not in labels_lib.UNKNOWN_CHARS_MODES:
-    raise ValueError(f"data.unknown_chars must be one of {labels_lib.UNKNOWN_CHARS_MODES}; "
-                     f"got {unknown_chars!r}.")
+    raise ValueError(
+        f"data.unknown_chars must be one of {labels_lib.UNKNOWN_CHARS_MODES}; "
+        f"got {unknown_chars!r}."
+    )
   if resize_mode not in preprocess.RESIZE_MODES:
-    raise ValueError(f"data.resize_mode must be one of {preprocess.RESIZE_MODES}; got "
-                     f"{resize_mode!r}.")
+    raise ValueError(
+        f"data.resize_mode must be one of {preprocess.RESIZE_MODES}; got " f"{resize_mode!r}."
+    )
   return buckets, [int(models.num_frames(w)) for w in buckets]
 
 
@@ -117,8 +125,15 @@ def shard_range(n: int, index: int, count: int) -> range:
   return range(n * index // count, n * (index + 1) // count)
 
 
-def target_width(width: int, height: int, *, model_height: int, max_width: int,
-                 resize_mode: str, need_frames: int) -> int:
+def target_width(
+    width: int,
+    height: int,
+    *,
+    model_height: int,
+    max_width: int,
+    resize_mode: str,
+    need_frames: int,
+) -> int:
   """The width an image of this size gets in training when its label needs ``need_frames``."""
   if resize_mode == "stretch":
     w = max_width
@@ -128,11 +143,20 @@ def target_width(width: int, height: int, *, model_height: int, max_width: int,
   return max(w, models.min_width_for_frames(need_frames))
 
 
-def build_index(source: readers.Source, *, charset: charset_lib.Charset, height: int,
-                width_buckets: Sequence[int], resize_mode: str = "pad",
-                unknown_chars: str = "skip", process_index: int = 0, process_count: int = 1,
-                cache: bool | None = None, chunk: int = 1024,
-                num_threads: int = 8) -> Index:
+def build_index(
+    source: readers.Source,
+    *,
+    charset: charset_lib.Charset,
+    height: int,
+    width_buckets: Sequence[int],
+    resize_mode: str = "pad",
+    unknown_chars: str = "skip",
+    process_index: int = 0,
+    process_count: int = 1,
+    cache: bool | None = None,
+    chunk: int = 1024,
+    num_threads: int = 8,
+) -> Index:
   """Indexes this process's share of ``source`` by width bucket.
 
   Args:
@@ -185,14 +209,23 @@ def build_index(source: readers.Source, *, charset: charset_lib.Charset, height:
       kept[index] = Cached(img, ids, text, str(key))
       width = img.shape[1]
     else:
-      width = target_width(size[0], size[1], model_height=height, max_width=max_width,
-                           resize_mode=resize_mode, need_frames=need)
+      width = target_width(
+          size[0],
+          size[1],
+          model_height=height,
+          max_width=max_width,
+          resize_mode=resize_mode,
+          need_frames=need,
+      )
     members[next(b for b, bw in enumerate(buckets) if bw >= width)].append(index)
     report.usable += 1
 
   starts = range(shard.start, shard.stop, chunk)
-  read = (lambda s: source.read_many(range(s, min(s + chunk, shard.stop)))) if cache else (
-      lambda s: _probe_chunk(source, range(s, min(s + chunk, shard.stop))))
+  read = (
+      (lambda s: source.read_many(range(s, min(s + chunk, shard.stop))))
+      if cache
+      else (lambda s: _probe_chunk(source, range(s, min(s + chunk, shard.stop))))
+  )
   threads = max(1, num_threads) if (can_probe and not cache) else 1
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     for start, items in zip(starts, pool.map(read, starts)):
@@ -206,8 +239,7 @@ def build_index(source: readers.Source, *, charset: charset_lib.Charset, height:
         else:
           width, img_height, text, key = item
           add(index, text, key, (width, img_height))
-  return Index(source, buckets, frames, [np.asarray(m, np.int64) for m in members], report,
-               kept)
+  return Index(source, buckets, frames, [np.asarray(m, np.int64) for m in members], report, kept)
 
 
 def _probe_chunk(source: readers.Source, indices: Sequence[int]) -> list:

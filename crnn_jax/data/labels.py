@@ -40,8 +40,9 @@ def required_frames(ids: Sequence[int]) -> int:
   return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
 
 
-def check_label(text: str, charset: charset_lib.Charset, max_frames: int,
-                unknown_chars: str = "skip") -> list[int] | tuple[str, str]:
+def check_label(
+    text: str, charset: charset_lib.Charset, max_frames: int, unknown_chars: str = "skip"
+) -> list[int] | tuple[str, str]:
   """The label's ids, or ``(reason, detail)`` when it cannot be trained on.
 
   Args:
@@ -70,6 +71,7 @@ def check_label(text: str, charset: charset_lib.Charset, max_frames: int,
 @dataclasses.dataclass
 class DataReport:
   """What a source held: examples seen, usable, and skipped by reason with examples."""
+
   spec: str
   total: int = 0
   usable: int = 0
@@ -93,8 +95,10 @@ class DataReport:
     for reason, n in self.skipped.most_common():
       what = REASONS.get(reason, reason)
       if reason == "label_too_long":
-        what = (f"labels need more than {self.max_frames} frames (width {self.max_width}); "
-                f"add a wider data.width_buckets entry")
+        what = (
+            f"labels need more than {self.max_frames} frames (width {self.max_width}); "
+            f"add a wider data.width_buckets entry"
+        )
       lines.append(f"  {n:>7}  {what}: e.g. " + "; ".join(self.samples.get(reason, [])))
     return "\n".join(lines)
 
@@ -103,5 +107,7 @@ def check_usable(report: DataReport, usable_global: int | None = None):
   """Raises ValueError saying what was found when no example is usable."""
   usable = report.usable if usable_global is None else usable_global
   if usable == 0:
-    raise ValueError(f"Dataset {report.describe()}\nNothing to train or evaluate on: "
-                     f"fix the data or the settings named above.")
+    raise ValueError(
+        f"Dataset {report.describe()}\nNothing to train or evaluate on: "
+        f"fix the data or the settings named above."
+    )

@@ -46,6 +46,7 @@ class Feed:
   a word of each text length lands in each width bucket; rows of a step of bucket b take
   words accepted with that probability.
   """
+
   source: readers.Source
   index: index_lib.Index | None = None
   bucket_of_length: np.ndarray | None = None
@@ -71,11 +72,25 @@ class TrainLoader:
     log: called with a line whenever examples had to be replaced.
   """
 
-  def __init__(self, feeds: Sequence[Feed], plan, *, widths: Sequence[int],
-               frames: Sequence[int], batch_size: int, charset: charset_lib.Charset,
-               height: int, resize_mode: str = "pad", augment: float = 0.0, seed: int = 0,
-               process_index: int = 0, num_workers: int = 0, num_threads: int = 1,
-               prefetch: int = 4, log: Callable[[str], None] | None = None):
+  def __init__(
+      self,
+      feeds: Sequence[Feed],
+      plan,
+      *,
+      widths: Sequence[int],
+      frames: Sequence[int],
+      batch_size: int,
+      charset: charset_lib.Charset,
+      height: int,
+      resize_mode: str = "pad",
+      augment: float = 0.0,
+      seed: int = 0,
+      process_index: int = 0,
+      num_workers: int = 0,
+      num_threads: int = 1,
+      prefetch: int = 4,
+      log: Callable[[str], None] | None = None,
+  ):
     self.feeds = list(feeds)
     self.plan = plan
     self.widths = list(widths)
@@ -119,8 +134,9 @@ class TrainLoader:
     if isinstance(ids, tuple):
       return readers.BadExample(ids[0], str(key), ids[1])
     try:
-      img = preprocess.resize(image, height=self.height, max_width=self.widths[-1],
-                              mode=self.resize_mode)
+      img = preprocess.resize(
+          image, height=self.height, max_width=self.widths[-1], mode=self.resize_mode
+      )
     except ValueError as e:
       return readers.BadExample("empty_image", str(key), str(e))
     return img, ids
@@ -137,11 +153,15 @@ class TrainLoader:
     if table is None or len(self.widths) == 1:
       return ref
     coins = np.random.default_rng([self.seed, step, self.process_index, slot, 2]).random(
-        _MAX_TEXT_TRIES)
+        _MAX_TEXT_TRIES
+    )
     for attempt in range(_MAX_TEXT_TRIES):
       # Draws of their own, apart from the replacements of unusable examples.
-      candidate = ref if attempt == 0 else self.plan.replacement(
-          step, slot, _MAX_REPLACEMENTS + attempt, member, bucket)
+      candidate = (
+          ref
+          if attempt == 0
+          else self.plan.replacement(step, slot, _MAX_REPLACEMENTS + attempt, member, bucket)
+      )
       length = min(len(feed.source.text(candidate)), len(table) - 1)
       if coins[attempt] < table[length, bucket]:
         return candidate
@@ -160,8 +180,10 @@ class TrainLoader:
       if feed.index is not None:
         refs = feed.index.members[slots.bucket][refs]
       else:
-        refs = [self._pick_rendered(step, int(r), m, slots.bucket, int(ref))
-                for r, ref in zip(rows, refs)]
+        refs = [
+            self._pick_rendered(step, int(r), m, slots.bucket, int(ref))
+            for r, ref in zip(rows, refs)
+        ]
         slots.refs[rows] = refs
       for r, item in zip(rows, feed.source.read_many([int(i) for i in refs])):
         raw[int(r)] = item
@@ -183,15 +205,18 @@ class TrainLoader:
         failures.append((example.reason, f"{example.key} ({example.message})"))
         attempt += 1
         if attempt > _MAX_REPLACEMENTS:
-          raise RuntimeError(f"train data: {attempt} examples in a row could not be used at "
-                             f"step {step}: " + "; ".join(m for _, m in failures[-3:]))
+          raise RuntimeError(
+              f"train data: {attempt} examples in a row could not be used at "
+              f"step {step}: " + "; ".join(m for _, m in failures[-3:])
+          )
         example = self._example(m, b, self.plan.replacement(step, r, attempt, m, b))
       img, label = example
       if self.augment > 0:
         rng = np.random.default_rng([self.seed, step, self.process_index, r, 1])
         img = augment_lib.augment(img, rng, self.augment)
-      images.append(preprocess.fit(img, width, labels_lib.required_frames(label),
-                                   mode=self.resize_mode))
+      images.append(
+          preprocess.fit(img, width, labels_lib.required_frames(label), mode=self.resize_mode)
+      )
       ids.append(label)
     return batching.assemble(images, width, self.batch_size, labels=ids, frames=frames), failures
 
@@ -200,8 +225,10 @@ class TrainLoader:
       self.read_failures.skip(reason, message)
     self.read_failures.total += len(failures)
     if failures and self.log is not None:
-      self.log(f"train data: {len(failures)} example(s) unusable at step {step}, replaced "
-               f"by others of their source: " + "; ".join(m for _, m in failures[:3]))
+      self.log(
+          f"train data: {len(failures)} example(s) unusable at step {step}, replaced "
+          f"by others of their source: " + "; ".join(m for _, m in failures[:3])
+      )
 
   def batch(self, step: int) -> dict:
     """The host batch of global step ``step``, computed in this process."""
@@ -213,15 +240,18 @@ class TrainLoader:
     """Batches of steps ``start_step``, ``start_step + 1``, ... prepared ahead by grain."""
     import grain
 
-    dataset = grain.MapDataset.range(start_step, start_step + 2**40).map(
-        self.batch_with_failures)
-    options = grain.ReadOptions(num_threads=max(1, self.num_threads),
-                                prefetch_buffer_size=self.prefetch)
+    dataset = grain.MapDataset.range(start_step, start_step + 2**40).map(self.batch_with_failures)
+    options = grain.ReadOptions(
+        num_threads=max(1, self.num_threads), prefetch_buffer_size=self.prefetch
+    )
     iterator = dataset.to_iter_dataset(options)
     if self.num_workers > 0:
       _mark_flags_parsed()
-      iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=self.num_workers, per_worker_buffer_size=self.prefetch))
+      iterator = iterator.mp_prefetch(
+          grain.MultiprocessingOptions(
+              num_workers=self.num_workers, per_worker_buffer_size=self.prefetch
+          )
+      )
     iterator = iter(iterator)
     try:
       for step in range(start_step, start_step + 2**40):
@@ -238,5 +268,6 @@ def _mark_flags_parsed():
   # grain's worker processes read absl flags; a library caller (a test, a notebook) may not
   # have parsed any. scripts/train.py has, and is left alone.
   from absl import flags
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()

@@ -42,17 +42,22 @@ def parse(text: str, *, what: str = "data.train", weights: bool = True) -> list[
     head, at, tail = part.rpartition("@")
     if at and _is_number(tail):
       if not weights:
-        raise ValueError(f"{what}: {part!r} has a weight; evaluation sets are evaluated "
-                         f"one by one, so write them without '@W'.")
+        raise ValueError(
+            f"{what}: {part!r} has a weight; evaluation sets are evaluated "
+            f"one by one, so write them without '@W'."
+        )
       spec, weight = head.strip(), float(tail)
       if not weight > 0:
-        raise ValueError(f"{what}: member {spec!r} has weight {tail.strip()}; weights must "
-                         f"be positive numbers.")
+        raise ValueError(
+            f"{what}: member {spec!r} has weight {tail.strip()}; weights must "
+            f"be positive numbers."
+        )
     if not spec:
       raise ValueError(f"{what}: {text!r} has an empty member; write SPEC[@W] | SPEC[@W].")
     if any(m.spec == spec for m in members):
-      raise ValueError(f"{what}: {spec!r} appears twice; give it one member with the "
-                       f"summed weight.")
+      raise ValueError(
+          f"{what}: {spec!r} appears twice; give it one member with the " f"summed weight."
+      )
     members.append(Member(spec, weight))
   return members
 

@@ -39,6 +39,7 @@ class Slots:
     refs: (B,) per row: for an indexed member, the position within that member's
       examples of ``bucket``; for a rendered member, the source index itself.
   """
+
   bucket: int
   members: np.ndarray
   refs: np.ndarray
@@ -59,8 +60,14 @@ class EpochPlan:
     ValueError: if the agreed counts cannot fill one batch.
   """
 
-  def __init__(self, bucket_sizes: Sequence[int], batch_size: int, seed: int,
-               counts: Sequence[int], spec: str):
+  def __init__(
+      self,
+      bucket_sizes: Sequence[int],
+      batch_size: int,
+      seed: int,
+      counts: Sequence[int],
+      spec: str,
+  ):
     self.bucket_sizes = [int(n) for n in bucket_sizes]
     self.batch_size = batch_size
     self.seed = seed
@@ -70,7 +77,8 @@ class EpochPlan:
       raise ValueError(
           f"Dataset {spec}: {int(sum(counts))} usable examples (per process) cannot fill "
           f"one batch of {batch_size} per process; use a smaller train.batch_size or more "
-          f"data.")
+          f"data."
+      )
     self._epoch = -1
 
   def __getstate__(self):
@@ -94,15 +102,15 @@ class EpochPlan:
 
   def slots(self, step: int) -> Slots:
     b, j, order = self._locate(step)
-    rows = order[j * self.batch_size:(j + 1) * self.batch_size]
+    rows = order[j * self.batch_size : (j + 1) * self.batch_size]
     return Slots(b, np.zeros(len(rows), np.int64), rows.astype(np.int64))
 
-  def replacement(self, step: int, slot: int, attempt: int, member: int = 0,
-                  bucket: int = 0) -> int:
+  def replacement(
+      self, step: int, slot: int, attempt: int, member: int = 0, bucket: int = 0
+  ) -> int:
     """Another ref for a row whose example failed to read: the rows after this batch's."""
     b, j, order = self._locate(step)
-    return int(order[((j + 1) * self.batch_size + attempt * self.batch_size + slot)
-                     % len(order)])
+    return int(order[((j + 1) * self.batch_size + attempt * self.batch_size + slot) % len(order)])
 
 
 class SamplingPlan:
@@ -121,9 +129,18 @@ class SamplingPlan:
     process_index, process_count: which rows of the global batch this process fills.
   """
 
-  def __init__(self, weights: Sequence[float], shares: np.ndarray, sizes: np.ndarray,
-               lengths: Sequence[int], *, batch_size: int, seed: int, process_index: int = 0,
-               process_count: int = 1):
+  def __init__(
+      self,
+      weights: Sequence[float],
+      shares: np.ndarray,
+      sizes: np.ndarray,
+      lengths: Sequence[int],
+      *,
+      batch_size: int,
+      seed: int,
+      process_index: int = 0,
+      process_count: int = 1,
+  ):
     weights = np.asarray(weights, np.float64)
     self.joint = weights[:, None] / weights.sum() * np.asarray(shares, np.float64)
     sizes = np.asarray(sizes, np.int64)
@@ -146,8 +163,9 @@ class SamplingPlan:
     return dict(self.__dict__, _perm_epoch={})
 
   def slots(self, step: int) -> Slots:
-    b = int(np.random.default_rng([self.seed, step]).choice(
-        len(self.bucket_probs), p=self.bucket_probs))
+    b = int(
+        np.random.default_rng([self.seed, step]).choice(len(self.bucket_probs), p=self.bucket_probs)
+    )
     rng = np.random.default_rng([self.seed, step, self.process_index])
     cond = self.joint[:, b] / self.joint[:, b].sum()
     members = rng.choice(len(cond), size=self.batch_size, p=cond)

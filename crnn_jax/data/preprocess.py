@@ -44,7 +44,8 @@ def to_pil_gray(image) -> Image.Image:
       arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
       raise ValueError(
-          f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}.")
+          f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}."
+      )
     if arr.dtype != np.uint8:
       # Floats are taken as [0, 1] when they fit there, else as [0, 255].
       scale = 255.0 if arr.dtype.kind == "f" and arr.size and float(arr.max()) <= 1.0 else 1.0
@@ -55,8 +56,9 @@ def to_pil_gray(image) -> Image.Image:
   return out
 
 
-def resize(image, *, height: int, max_width: int, mode: str = "pad",
-           min_width: int = MIN_WIDTH) -> np.ndarray:
+def resize(
+    image, *, height: int, max_width: int, mode: str = "pad", min_width: int = MIN_WIDTH
+) -> np.ndarray:
   """Grayscale uint8 (height, w) array: w <= max_width, at least ``min_width``.
 
   In 'pad' mode the width keeps the aspect ratio, squeezed to ``max_width`` when

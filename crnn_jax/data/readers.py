@@ -29,8 +29,15 @@ class TsvSource(Source):
     ValueError: if the folder or its ``labels.tsv`` does not exist.
   """
 
-  def __init__(self, folder: str | os.PathLike, labels_file: str = "labels.tsv", *,
-               include: str | None = None, exclude: str | None = None, spec: str | None = None):
+  def __init__(
+      self,
+      folder: str | os.PathLike,
+      labels_file: str = "labels.tsv",
+      *,
+      include: str | None = None,
+      exclude: str | None = None,
+      spec: str | None = None,
+  ):
     self.folder = os.fspath(folder)
     self.spec = spec or f"tsv:{self.folder}"
     path = os.path.join(self.folder, labels_file)
@@ -39,7 +46,8 @@ class TsvSource(Source):
     if not os.path.isfile(path):
       raise ValueError(
           f"Dataset {self.spec}: no {labels_file} in {self.folder!r}. Expected one line per "
-          f"image: relative/path<TAB>label.")
+          f"image: relative/path<TAB>label."
+      )
     self.entries = []  # (relative path or None, label, line number, raw line)
     with open(path, encoding="utf-8", errors="replace") as f:
       for lineno, line in enumerate(f, 1):
@@ -53,11 +61,13 @@ class TsvSource(Source):
 
   def _select(self, include: str | None, exclude: str | None):
     """Keeps the entries listed in ``include`` and drops those in ``exclude``."""
+
     def listed(path: str, option: str) -> set:
       if not os.path.isfile(path):
         raise ValueError(f"Dataset {self.spec}: {option} file {path!r} does not exist.")
       with open(path, encoding="utf-8") as f:
         return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+
     known = {rel for rel, *_ in self.entries if rel is not None}
     for option, path in (("include", include), ("exclude", exclude)):
       if path is None:
@@ -65,11 +75,12 @@ class TsvSource(Source):
       names = listed(path, option)
       unknown = sorted(names - known)
       if unknown:
-        raise ValueError(f"Dataset {self.spec}: {len(unknown)} path(s) of {option} file "
-                         f"{path!r} are not in labels.tsv, e.g. {unknown[:3]}; the list does "
-                         f"not belong to this folder.")
-      keep = (lambda rel: rel in names) if option == "include" else (
-          lambda rel: rel not in names)
+        raise ValueError(
+            f"Dataset {self.spec}: {len(unknown)} path(s) of {option} file "
+            f"{path!r} are not in labels.tsv, e.g. {unknown[:3]}; the list does "
+            f"not belong to this folder."
+        )
+      keep = (lambda rel: rel in names) if option == "include" else (lambda rel: rel not in names)
       self.entries = [e for e in self.entries if e[0] is not None and keep(e[0])]
 
   def __len__(self) -> int:
@@ -78,8 +89,11 @@ class TsvSource(Source):
   def read(self, index: int):
     rel, label, lineno, line = self.entries[index]
     if rel is None:
-      raise BadExample("malformed_line", f"labels.tsv:{lineno}",
-                       f"no TAB between path and label in {line[:80]!r}")
+      raise BadExample(
+          "malformed_line",
+          f"labels.tsv:{lineno}",
+          f"no TAB between path and label in {line[:80]!r}",
+      )
     path = os.path.join(self.folder, rel)
     if not os.path.isfile(path):
       raise BadExample("missing_file", path, "file not found")
@@ -106,14 +120,24 @@ class SynthSource(Source):
   Raises:
     crnn_jax.extras.MissingExtraError: without the [synth] extra (fonts, words, photos).
   """
+
   rendered = True
 
-  def __init__(self, n: int | None, *, seed: int = 0, height: int = 32,
-               difficulty: float | None = None, charset: str | None = None,
-               num_workers: int | None = None, soft: float | None = None,
-               extrude: float | None = None):
+  def __init__(
+      self,
+      n: int | None,
+      *,
+      seed: int = 0,
+      height: int = 32,
+      difficulty: float | None = None,
+      charset: str | None = None,
+      num_workers: int | None = None,
+      soft: float | None = None,
+      extrude: float | None = None,
+  ):
     extras.require("synth", "the synth: data spec")
     from crnn_jax.data import render  # Pillow-heavy; only when synthetic data is used.
+
     self._render = render
     self.n = n
     self.seed = seed
@@ -127,17 +151,20 @@ class SynthSource(Source):
     looks = {"soft": soft, "extrude": extrude}
     self.kwargs.update({k: v for k, v in looks.items() if v is not None})
     self.endless = n is None
-    self.spec = f"synth:{'inf' if n is None else n},seed={seed}" + (
-        f",difficulty={difficulty}" if difficulty is not None else "") + "".join(
-            f",{k}={v}" for k, v in looks.items() if v is not None)
+    self.spec = (
+        f"synth:{'inf' if n is None else n},seed={seed}"
+        + (f",difficulty={difficulty}" if difficulty is not None else "")
+        + "".join(f",{k}={v}" for k, v in looks.items() if v is not None)
+    )
 
   def __len__(self) -> int:
     return ENDLESS_LENGTH if self.endless else self.n
 
   def _renderer(self):
     if getattr(self, "_cached_renderer", None) is None:
-      self._cached_renderer = self._render.Renderer(seed=self.seed, height=self.height,
-                                                    **self.kwargs)
+      self._cached_renderer = self._render.Renderer(
+          seed=self.seed, height=self.height, **self.kwargs
+      )
     return self._cached_renderer
 
   def __getstate__(self):
@@ -145,6 +172,7 @@ class SynthSource(Source):
 
   def __setstate__(self, state):
     from crnn_jax.data import render
+
     self.__dict__.update(state, _render=render)
 
   def read(self, index: int):
@@ -158,8 +186,13 @@ class SynthSource(Source):
   def read_many(self, indices: Sequence[int]) -> list:
     indices = list(indices)
     if indices and indices == list(range(indices[0], indices[0] + len(indices))):
-      pairs = self._render.render_range(self.seed, indices[0], indices[0] + len(indices),
-                                        height=self.height, num_workers=self.num_workers,
-                                        **self.kwargs)
+      pairs = self._render.render_range(
+          self.seed,
+          indices[0],
+          indices[0] + len(indices),
+          height=self.height,
+          num_workers=self.num_workers,
+          **self.kwargs,
+      )
       return [(img, text, f"synth[{i}]") for i, (img, text) in zip(indices, pairs)]
     return super().read_many(indices)

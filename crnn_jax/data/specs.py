@@ -33,13 +33,16 @@ def open_source(spec: str, *, height: int = 32, charset: str | None = None) -> S
   if not sep:
     raise ValueError(
         f"Dataset spec {spec!r} has no kind: use synth:N[,seed=S], tsv:PATH, mjsynth:PATH, "
-        f"lmdb:PATH or tfds:NAME[/CONFIG][:SPLIT]; mixtures: SPEC @ W | SPEC @ W.")
+        f"lmdb:PATH or tfds:NAME[/CONFIG][:SPLIT]; mixtures: SPEC @ W | SPEC @ W."
+    )
   if kind == "synth":
     head, opts = parse_options(rest, spec)
     unknown = set(opts) - {"seed", "difficulty", "workers", "soft", "extrude"}
     if unknown:
-      raise ValueError(f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
-                       f"synth takes seed, difficulty, workers, soft, extrude.")
+      raise ValueError(
+          f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
+          f"synth takes seed, difficulty, workers, soft, extrude."
+      )
     try:
       n = None if head.strip() == "inf" else int(head)
       seed = int(opts.get("seed", 0))
@@ -47,33 +50,58 @@ def open_source(spec: str, *, height: int = 32, charset: str | None = None) -> S
       workers = int(opts["workers"]) if "workers" in opts else None
       looks = {k: float(opts[k]) for k in ("soft", "extrude") if k in opts}
     except ValueError:
-      raise ValueError(f"Dataset spec {spec!r}: expected synth:N[,seed=S][,difficulty=D] "
-                       f"with integer N (or inf) and S.") from None
+      raise ValueError(
+          f"Dataset spec {spec!r}: expected synth:N[,seed=S][,difficulty=D] "
+          f"with integer N (or inf) and S."
+      ) from None
     if n is not None and n < 1:
       raise ValueError(f"Dataset spec {spec!r}: N must be at least 1.")
-    return readers.SynthSource(n, seed=seed, height=height, difficulty=difficulty, charset=charset,
-                               num_workers=workers, **looks)
+    return readers.SynthSource(
+        n,
+        seed=seed,
+        height=height,
+        difficulty=difficulty,
+        charset=charset,
+        num_workers=workers,
+        **looks,
+    )
   if kind == "tsv":
     path, opts = parse_options(rest, spec)
     unknown = set(opts) - {"include", "exclude"}
     if unknown:
-      raise ValueError(f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
-                       f"tsv takes include=FILE and exclude=FILE.")
-    return readers.TsvSource(os.path.expanduser(path), include=opts.get("include"),
-                     exclude=opts.get("exclude"), spec=spec)
+      raise ValueError(
+          f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
+          f"tsv takes include=FILE and exclude=FILE."
+      )
+    return readers.TsvSource(
+        os.path.expanduser(path),
+        include=opts.get("include"),
+        exclude=opts.get("exclude"),
+        spec=spec,
+    )
   if kind == "mjsynth":
     path, opts = parse_options(rest, spec)
     unknown = set(opts) - {"split"}
     if unknown:
-      raise ValueError(f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
-                       f"mjsynth takes split=train|val|test.")
+      raise ValueError(
+          f"Dataset spec {spec!r}: unknown option(s) {sorted(unknown)}; "
+          f"mjsynth takes split=train|val|test."
+      )
     return formats.MJSynthSource(path, opts.get("split", "train"))
   if kind == "lmdb":
     return formats.LmdbSource(rest)
   if kind == "tfds":
     from crnn_jax.data import tfds_source  # TFDS imports slowly: only for this kind
+
     name, split, opts = tfds_source.parse_tfds_spec(rest, spec)
-    return tfds_source.TfdsSource(name, split, data_dir=opts.get("data_dir"),
-                                  image_key=opts.get("image"), label_key=opts.get("label"))
-  raise ValueError(f"Dataset spec {spec!r}: unknown kind {kind!r}; known kinds: synth, tsv, "
-                   f"mjsynth, lmdb, tfds.")
+    return tfds_source.TfdsSource(
+        name,
+        split,
+        data_dir=opts.get("data_dir"),
+        image_key=opts.get("image"),
+        label_key=opts.get("label"),
+    )
+  raise ValueError(
+      f"Dataset spec {spec!r}: unknown kind {kind!r}; known kinds: synth, tsv, "
+      f"mjsynth, lmdb, tfds."
+  )

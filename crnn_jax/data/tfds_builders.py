@@ -55,11 +55,13 @@ _log = logging.getLogger(__name__)
 
 
 def _features() -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
-      "image": tfds.features.Image(shape=(None, None, 3)),
-      "label": tfds.features.Text(),
-      "key": tfds.features.Text(),
-  })
+  return tfds.features.FeaturesDict(
+      {
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "label": tfds.features.Text(),
+          "key": tfds.features.Text(),
+      }
+  )
 
 
 def storable(data: bytes, key: str) -> bytes:
@@ -115,9 +117,14 @@ class SkipLog:
     return "\n".join(lines)
 
 
-def checked_examples(read: Callable[[int], tuple[bytes, str, str]], indices: Sequence[int],
-                     skips: SkipLog, *, num_threads: int = 8,
-                     chunk: int = 256) -> Iterator[tuple[str, dict]]:
+def checked_examples(
+    read: Callable[[int], tuple[bytes, str, str]],
+    indices: Sequence[int],
+    skips: SkipLog,
+    *,
+    num_threads: int = 8,
+    chunk: int = 256,
+) -> Iterator[tuple[str, dict]]:
   """(key, example) for every index whose image decodes and whose label is non-empty.
 
   Args:
@@ -129,7 +136,7 @@ def checked_examples(read: Callable[[int], tuple[bytes, str, str]], indices: Seq
 
   def work(start: int) -> list:
     out = []
-    for i in indices[start:start + chunk]:
+    for i in indices[start : start + chunk]:
       try:
         data, label, key = read(i)
         if not label:
@@ -172,9 +179,13 @@ class _ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 def _info(builder, description: str, **metadata) -> tfds.core.DatasetInfo:
   # DatasetInfo(builder=self, ...): dataset_info_from_configs() looks for a folder beside
   # this file and fails (NotADirectoryError) for a builder defined in one .py file.
-  return tfds.core.DatasetInfo(builder=builder, description=description, features=_features(),
-                               supervised_keys=("image", "label"),
-                               metadata=tfds.core.MetadataDict(**metadata))
+  return tfds.core.DatasetInfo(
+      builder=builder,
+      description=description,
+      features=_features(),
+      supervised_keys=("image", "label"),
+      metadata=tfds.core.MetadataDict(**metadata),
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -195,11 +206,15 @@ class Mjsynth(_ReportingBuilder):
       "Download mjsynth.tar.gz (about 10 GB) from the Visual Geometry Group's text-recognition "
       "data page and unpack it. Pass the 90kDICT32px folder (or the folder it was unpacked in) "
       "as manual_dir: download_and_prepare(download_config=tfds.download.DownloadConfig("
-      "manual_dir=PATH)), or crnn_jax.data.tfds_builders.build_mjsynth(PATH, data_dir=DIR).")
+      "manual_dir=PATH)), or crnn_jax.data.tfds_builders.build_mjsynth(PATH, data_dir=DIR)."
+  )
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return _info(self, "MJSynth word crops; label = the word in the file name (case kept).",
-                 unreadable_listed={k: sorted(v) for k, v in formats.MJSYNTH_UNREADABLE.items()})
+    return _info(
+        self,
+        "MJSynth word crops; label = the word in the file name (case kept).",
+        unreadable_listed={k: sorted(v) for k, v in formats.MJSYNTH_UNREADABLE.items()},
+    )
 
   def _split_generators(self, dl_manager):
     root = formats.mjsynth_root(dl_manager.manual_dir)
@@ -207,8 +222,9 @@ class Mjsynth(_ReportingBuilder):
     for split, name in (("train", "train"), ("val", "validation"), ("test", "test")):
       if os.path.isfile(os.path.join(root, f"annotation_{split}.txt")):
         source = formats.MJSynthSource(root, split)
-        out[name] = self._generate(name, lambda i, s=source: _mjsynth_read(s, i),
-                                   range(len(source)))
+        out[name] = self._generate(
+            name, lambda i, s=source: _mjsynth_read(s, i), range(len(source))
+        )
     return out
 
 
@@ -216,7 +232,8 @@ def build_mjsynth(path: str, *, data_dir: str | None = None, num_threads: int = 
   """Builds ``mjsynth`` from the official tree at ``path`` (a no-op when built)."""
   builder = Mjsynth(data_dir=data_dir, num_threads=num_threads)
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=formats.mjsynth_root(path)))
+      download_config=tfds.download.DownloadConfig(manual_dir=formats.mjsynth_root(path))
+  )
   return builder
 
 
@@ -233,14 +250,16 @@ def config_slug(text: str) -> str:
 @dataclasses.dataclass(eq=False)
 class FolderConfig(tfds.core.BuilderConfig):
   """Where the data is; the config name is the dataset's name under the builder."""
+
   paths: dict = dataclasses.field(default_factory=dict)  # split -> folder or LMDB path
 
 
 def _tsv_read(source: readers.TsvSource, index: int) -> tuple[bytes, str, str]:
   rel, label, lineno, line = source.entries[index]
   if rel is None:
-    raise readers.BadExample("malformed_line", f"labels.tsv:{lineno}",
-                             f"no TAB between path and label in {line[:80]!r}")
+    raise readers.BadExample(
+        "malformed_line", f"labels.tsv:{lineno}", f"no TAB between path and label in {line[:80]!r}"
+    )
   path = os.path.join(source.folder, rel)
   return formats._read_file(path), label, path
 
@@ -248,15 +267,22 @@ def _tsv_read(source: readers.TsvSource, index: int) -> tuple[bytes, str, str]:
 class _FolderBuilder(_ReportingBuilder, skip_registration=True):
   """A builder whose config is made from constructor arguments (``paths``, ``config_name``)."""
 
-  def __init__(self, *, paths: dict | None = None, config_name: str | None = None,
-               config: Any = None, **kwargs: Any):
+  def __init__(
+      self,
+      *,
+      paths: dict | None = None,
+      config_name: str | None = None,
+      config: Any = None,
+      **kwargs: Any,
+  ):
     if paths is not None:
       paths = {k: os.path.abspath(os.path.expanduser(v)) for k, v in paths.items() if v}
       name = config_name or config_slug(next(iter(paths.values())))
       # Passed by name, resolved by get_builder_config (TFDS refuses a config object whose
       # name get_builder_config also answers).
-      self._configs()[name] = FolderConfig(name=name, description=f"built from {paths}",
-                                           paths=paths)
+      self._configs()[name] = FolderConfig(
+          name=name, description=f"built from {paths}", paths=paths
+      )
       config = name
     super().__init__(config=config, **kwargs)
 
@@ -291,8 +317,7 @@ class TextFolder(_FolderBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     source = readers.TsvSource(self.builder_config.paths["train"])
-    return {"train": self._generate("train", lambda i: _tsv_read(source, i),
-                                    range(len(source)))}
+    return {"train": self._generate("train", lambda i: _tsv_read(source, i), range(len(source)))}
 
 
 def _lmdb_read(source: formats.LmdbSource, index: int) -> tuple[bytes, str, str]:
@@ -311,8 +336,14 @@ class LmdbWords(_FolderBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First version."}
 
-  def __init__(self, *, train: str | None = None, validation: str | None = None,
-               test: str | None = None, **kwargs: Any):
+  def __init__(
+      self,
+      *,
+      train: str | None = None,
+      validation: str | None = None,
+      test: str | None = None,
+      **kwargs: Any,
+  ):
     paths = {"train": train, "validation": validation, "test": test}
     super().__init__(paths=paths if any(paths.values()) else None, **kwargs)
 
@@ -321,6 +352,5 @@ class LmdbWords(_FolderBuilder):
     out = {}
     for split, path in self.builder_config.paths.items():
       source = formats.LmdbSource(path)
-      out[split] = self._generate(split, lambda i, s=source: _lmdb_read(s, i),
-                                  range(len(source)))
+      out[split] = self._generate(split, lambda i, s=source: _lmdb_read(s, i), range(len(source)))
     return out

@@ -41,8 +41,9 @@ def parse_tfds_spec(rest: str, spec: str) -> tuple[str, str, dict]:
   head = ",".join(items)
   name, _, split = head.partition(":")
   if not name:
-    raise ValueError(f"Dataset spec {spec!r}: expected tfds:NAME[/CONFIG][:SPLIT]"
-                     f"[,data_dir=DIR].")
+    raise ValueError(
+        f"Dataset spec {spec!r}: expected tfds:NAME[/CONFIG][:SPLIT]" f"[,data_dir=DIR]."
+    )
   return name, split or "train", options
 
 
@@ -60,10 +61,16 @@ def _built_configs(name: str, data_dir: str) -> list:
   root = os.path.join(data_dir, name)
   if not os.path.isdir(root):
     return []
-  return sorted(c for c in os.listdir(root) if any(
-      os.path.isfile(os.path.join(root, c, v, "dataset_info.json"))
-      for v in (os.listdir(os.path.join(root, c)) if os.path.isdir(os.path.join(root, c))
-                else ())))
+  return sorted(
+      c
+      for c in os.listdir(root)
+      if any(
+          os.path.isfile(os.path.join(root, c, v, "dataset_info.json"))
+          for v in (
+              os.listdir(os.path.join(root, c)) if os.path.isdir(os.path.join(root, c)) else ()
+          )
+      )
+  )
 
 
 class TfdsSource(Source):
@@ -85,8 +92,14 @@ class TfdsSource(Source):
     crnn_jax.extras.MissingExtraError: without the [tfds] extra.
   """
 
-  def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
-               image_key: str | None = None, label_key: str | None = None):
+  def __init__(
+      self,
+      name: str,
+      split: str = "train",
+      data_dir: str | None = None,
+      image_key: str | None = None,
+      label_key: str | None = None,
+  ):
     extras.require("tfds", "the tfds: data spec")
     import tensorflow_datasets as tfds
 
@@ -101,39 +114,52 @@ class TfdsSource(Source):
     except tfds.core.registered.DatasetNotFoundError:
       raise ValueError(
           f"Dataset {self.spec}: no dataset {name.split('/')[0]!r} is registered or built in "
-          f"{self.data_dir or 'the default TFDS data dir'}.") from None
+          f"{self.data_dir or 'the default TFDS data dir'}."
+      ) from None
     except ValueError as e:  # unknown config and the like
       raise ValueError(f"Dataset {self.spec}: {e}") from None
     if not builder.is_prepared():
-      built = _built_configs(name, os.path.dirname(os.path.dirname(os.path.dirname(
-          builder.data_dir))))
+      built = _built_configs(
+          name, os.path.dirname(os.path.dirname(os.path.dirname(builder.data_dir)))
+      )
       if "/" not in name and built:
         raise ValueError(
             f"Dataset {self.spec}: name a config; built in this data dir: "
-            + ", ".join(f"tfds:{name}/{c}:{split}" + (f",data_dir={self.data_dir}"
-                                                      if self.data_dir else "")
-                        for c in built) + ".")
-      hint = ("python scripts/make_dataset.py --num N --data-dir DIR" if
-              name.startswith("synth_words") else
-              f"tfds.builder({name!r}, data_dir=...).download_and_prepare()")
-      raise ValueError(f"Dataset {self.spec}: not built in {builder.data_dir!r}. Build it "
-                       f"first ({hint}); see docs/data.md.")
+            + ", ".join(
+                f"tfds:{name}/{c}:{split}" + (f",data_dir={self.data_dir}" if self.data_dir else "")
+                for c in built
+            )
+            + "."
+        )
+      hint = (
+          "python scripts/make_dataset.py --num N --data-dir DIR"
+          if name.startswith("synth_words")
+          else f"tfds.builder({name!r}, data_dir=...).download_and_prepare()"
+      )
+      raise ValueError(
+          f"Dataset {self.spec}: not built in {builder.data_dir!r}. Build it "
+          f"first ({hint}); see docs/data.md."
+      )
     supervised = builder.info.supervised_keys or ("image", "label")
     self.image_key = image_key or supervised[0]
     self.label_key = label_key or supervised[1]
     features = builder.info.features
     for what, key in (("image", self.image_key), ("label", self.label_key)):
       if key not in features:
-        raise ValueError(f"Dataset {self.spec}: no {what} feature {key!r}; features are "
-                         f"{sorted(features.keys())} (choose with ,{what}=KEY).")
+        raise ValueError(
+            f"Dataset {self.spec}: no {what} feature {key!r}; features are "
+            f"{sorted(features.keys())} (choose with ,{what}=KEY)."
+        )
     decoders = None
     if isinstance(features[self.image_key], tfds.features.Image):
       decoders = {self.image_key: tfds.decode.SkipDecoding()}
     try:
       self.source = builder.as_data_source(split, decoders=decoders)
     except (ValueError, KeyError) as e:
-      raise ValueError(f"Dataset {self.spec}: cannot read split {split!r} ({e}); splits are "
-                       f"{sorted(builder.info.splits.keys())}.") from None
+      raise ValueError(
+          f"Dataset {self.spec}: cannot read split {split!r} ({e}); splits are "
+          f"{sorted(builder.info.splits.keys())}."
+      ) from None
     self.info = builder.info
 
   def __len__(self) -> int:
@@ -193,5 +219,3 @@ class TfdsSource(Source):
       except BadExample as e:
         out.append(e)
     return out
-
-
