@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from crnn_jax import metrics
@@ -17,6 +19,29 @@ def test_edit_distance_small_cases():
   assert metrics.edit_distance("kitten", "sitting") == 3
   assert metrics.edit_distance("", "abc") == 3
   assert metrics.edit_distance("same", "same") == 0
+
+
+def _levenshtein(a, b) -> int:
+  """The textbook dynamic programme, one row at a time: the reference."""
+  prev = list(range(len(b) + 1))
+  for i, ca in enumerate(a, 1):
+    cur = [i]
+    for j, cb in enumerate(b, 1):
+      cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+    prev = cur
+  return prev[-1]
+
+
+def test_edit_distance_equals_the_dynamic_programme_on_random_strings():
+  """Strings and lists of token ids, empty ones included, over small alphabets so that
+  matches and substitutions both occur."""
+  rng = random.Random(0)
+  for _ in range(500):
+    a = "".join(rng.choices("abc", k=rng.randint(0, 9)))
+    b = "".join(rng.choices("abc", k=rng.randint(0, 9)))
+    assert metrics.edit_distance(a, b) == _levenshtein(a, b), (a, b)
+    ids_a, ids_b = [ord(c) for c in a], [ord(c) for c in b]
+    assert metrics.edit_distance(ids_a, ids_b) == _levenshtein(a, b), (a, b)
 
 
 def test_ned_divides_by_the_longer_string_and_an_empty_set_gives_zeros():
