@@ -15,6 +15,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from crnn_jax import decode
+from crnn_jax.decode import beam as beam_search
+from crnn_jax.decode import topk
 
 NEG_INF = -math.inf
 
@@ -276,21 +278,21 @@ def test_beam_search_matches_reference_on_random_inputs(
 
 
 def test_cpu_search_variants_match_reference_and_each_other(monkeypatch):
-  # On CPU a small batch is searched in parts, one per core (decode._num_chunks), and a
+  # On CPU a small batch is searched in parts, one per core (beam_search._num_chunks), and a
   # step keeps its best candidates with lax.top_k for a few examples but picks them one
-  # by one for many (decode._top_k). Every variant must give the same beams.
+  # by one for many (topk._top_k). Every variant must give the same beams.
   rng = np.random.default_rng(14)
   batch, frames, classes = 32, 9, 12
   logits = held_logits(rng, batch, frames, classes)
   paddings = trailing_paddings(rng, batch, frames)
   kwargs = dict(beam_size=4, top_k=2)
   on_cpu = jax.default_backend() == "cpu"
-  assert decode._num_chunks(batch) == (min(2, len(os.sched_getaffinity(0))) if on_cpu else 1)
-  assert batch < decode._MIN_ROWS  # lax.top_k in every step
+  assert beam_search._num_chunks(batch) == (min(2, len(os.sched_getaffinity(0))) if on_cpu else 1)
+  assert batch < topk._MIN_ROWS  # lax.top_k in every step
   split = decode.prefix_beam_search(logits, paddings, **kwargs)
-  monkeypatch.setattr(decode, "_num_chunks", lambda batch: 1)
+  monkeypatch.setattr(beam_search, "_num_chunks", lambda batch: 1)
   one_loop = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
-  monkeypatch.setattr(decode, "_MIN_ROWS", 1)
+  monkeypatch.setattr(topk, "_MIN_ROWS", 1)
   picked = decode.prefix_beam_search.__wrapped__(logits, paddings, **kwargs)
   for result in (split, one_loop, picked):
     assert_matches_reference(result, log_softmax(logits), paddings, **kwargs)
@@ -299,7 +301,7 @@ def test_cpu_search_variants_match_reference_and_each_other(monkeypatch):
 
 
 def test_top_k_by_picking_equals_lax_top_k_with_ties_zeros_and_infinities():
-  # On CPU the search picks its top entries one by one (decode._top_k) instead of
+  # On CPU the search picks its top entries one by one (topk._top_k) instead of
   # lax.top_k; the results must be the same, order of ties included.
   rng = np.random.default_rng(17)
   values = rng.normal(size=(6, 40, 70)).astype(np.float32)
@@ -310,8 +312,8 @@ def test_top_k_by_picking_equals_lax_top_k_with_ties_zeros_and_infinities():
   values[:, 28:] = np.where(rng.random((6, 12, 70)) < 0.5, -np.inf, values[:, 28:])
   for axis, k in [(1, 11), (1, 30), (0, 6), (2, 10)]:
     rows = values.size // values.shape[axis]
-    assert rows >= decode._MIN_ROWS and k <= decode._MAX_PICKS  # the picking path
-    top, index = decode._top_k(jnp.asarray(values), k, axis=axis)
+    assert rows >= topk._MIN_ROWS and k <= topk._MAX_PICKS  # the picking path
+    top, index = topk._top_k(jnp.asarray(values), k, axis=axis)
     expected_top, expected_index = jax.lax.top_k(np.moveaxis(values, axis, -1), k)
     np.testing.assert_array_equal(np.moveaxis(np.asarray(index), axis, -1), expected_index)
     np.testing.assert_array_equal(np.moveaxis(np.asarray(top), axis, -1), expected_top)
