@@ -73,7 +73,9 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(workdir, extra, port, heartbeat=30):
+def _launch(workdir, extra, port, heartbeat=30, per_process=((), ())):
+  """Starts train.py as processes 0 and 1 of a 2-process run; ``per_process[i]`` are more
+  arguments for process i only."""
   procs = []
   for pid in range(2):
     cmd = [
@@ -89,6 +91,7 @@ def _launch(workdir, extra, port, heartbeat=30):
         f"--process-id={pid}",
         f"--heartbeat-timeout={heartbeat}",
         *extra,
+        *per_process[pid],
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
@@ -266,35 +269,10 @@ def test_killing_one_process_stops_the_other(tmp_path):
 
 def test_processes_that_disagree_stop_with_a_clear_error(tmp_path):
   config = _config()
-  port = _free_port()
-  procs = []
-  for pid, batch in ((0, 16), (1, 32)):
-    cmd = [
-        sys.executable,
-        "-u",
-        os.path.join(REPO, "scripts", "train.py"),
-        "--config",
-        os.path.join(REPO, "configs", "base.py"),
-        f"--workdir={tmp_path}/dis",
-        f"--num-cpu-devices={DEVICES_PER_PROCESS}",
-        f"--coordinator-address=127.0.0.1:{port}",
-        "--num-processes=2",
-        f"--process-id={pid}",
-        "--heartbeat-timeout=10",
-        *_overrides(config, 5),
-        f"--config.train.batch_size={batch}",
-    ]
-    procs.append(
-        subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=dict(os.environ, JAX_PLATFORMS="cpu"),
-            cwd=REPO,
-            start_new_session=True,
-        )
-    )
+  batches = [[f"--config.train.batch_size={batch}"] for batch in (16, 32)]
+  procs = _launch(
+      tmp_path / "dis", _overrides(config, 5), _free_port(), heartbeat=10, per_process=batches
+  )
   try:
     outs = [p.communicate(timeout=180)[0] for p in procs]
   finally:
