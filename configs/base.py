@@ -51,7 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.width_buckets = (128, 256)
   # 'pad' keeps aspect ratio and pads to a bucket; 'stretch' resizes to height x widest bucket.
   config.data.resize_mode = "pad"
-  # Labels with characters outside the charset: 'skip' (counted, reported) or 'error'.
+  # Labels with characters outside the charset: 'skip' (counted, reported), 'drop' (train on
+  # the label without them: "Joe's" -> "Joes") or 'error'.
   config.data.unknown_chars = "skip"
   # Worker processes preparing training batches (reading, rendering, augmenting) ahead of
   # the step; 0 prepares them in the training process, as do sets held in memory without

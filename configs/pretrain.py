@@ -25,7 +25,7 @@ _REAL = os.environ.get("CRNN_REAL_DATA", "../shared/data/real")
 _SPLITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splits")
 
 
-def _real(name: str, option: str, split: str) -> str:
+def real_spec(name: str, option: str, split: str) -> str:
   return f"tsv:{_REAL}/{name},{option}={_SPLITS}/{split}.txt"
 
 
@@ -34,15 +34,15 @@ def get_config():
   config.data.train = " | ".join(
       [
           "synth:inf,seed=0,difficulty=1 @ 0.55",
-          _real("iiit5k_train", "exclude", "iiit5k_val") + " @ 0.2",
-          _real("ic15_train", "exclude", "ic15_val") + " @ 0.25",
+          real_spec("iiit5k_train", "exclude", "iiit5k_val") + " @ 0.2",
+          real_spec("ic15_train", "exclude", "ic15_val") + " @ 0.25",
       ]
   )
   config.data.eval = " | ".join(
       [
-          _real("iiit5k_train", "include", "iiit5k_val"),
-          _real("ic15_train", "include", "ic15_val"),
-          _real("svt_train", "include", "svt_val"),
+          real_spec("iiit5k_train", "include", "iiit5k_val"),
+          real_spec("ic15_train", "include", "ic15_val"),
+          real_spec("svt_train", "include", "svt_val"),
       ]
   )
   # Real crops at height 32 are 35-165 pixels wide (10th-95th percentile).

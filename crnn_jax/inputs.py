@@ -211,6 +211,7 @@ def train_loader(
       charset=charset,
       height=config.model.height,
       resize_mode=d.resize_mode,
+      unknown_chars=d.unknown_chars,
       augment=d.augment,
       seed=config.train.seed,
       process_index=jax.process_index(),

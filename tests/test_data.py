@@ -286,6 +286,9 @@ def test_label_check_gives_ids_or_a_reason():
   assert labels.check_label("ab", cs, 5) == cs.encode("ab")
   assert labels.check_label("", cs, 5)[0] == "empty_label"
   assert labels.check_label("a-b", cs, 5)[0] == "unknown_chars"
+  assert labels.check_label("a-b", cs, 5, "drop") == cs.encode("ab")
+  assert labels.check_label("'-'", cs, 5, "drop")[0] == "unknown_chars"  # nothing left
+  assert labels.check_label("a-a", cs, 2, "drop")[0] == "label_too_long"  # a, blank, a
   assert labels.check_label("aab", cs, 3)[0] == "label_too_long"  # a, blank, a, b: 4 frames
   assert labels.check_label("aab", cs, 4) == cs.encode("aab")
   assert labels.required_frames([1, 1, 1, 2]) == 6

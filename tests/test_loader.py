@@ -109,6 +109,31 @@ def test_two_processes_index_disjoint_shards(tfds_spec):
   assert sum(p.report.total for p in parts) == len(source)
 
 
+def test_drop_mode_trains_labels_without_unknown_characters(tmp_path):
+  words = ["Joe's", "e-mail", "plain", "$5.00", "--"]
+  write_lmdb(tmp_path / "db", [(_word_image(w, "L", "PNG"), w) for w in words])
+  source = formats.LmdbSource(tmp_path / "db")
+  kw = dict(KW, unknown_chars="drop")
+  cached = index.build_index(source, cache=True, **kw)
+  headers = index.build_index(source, cache=False, **kw)
+  for idx in (cached, headers):
+    assert idx.report.usable == 4 and idx.report.skipped == {"unknown_chars": 1}
+  assert sorted(c.text for c in cached.cache.values()) == sorted(words[:4])  # texts as given
+  assert sorted(KW["charset"].decode(c.ids) for c in cached.cache.values()) == [
+      "500",
+      "Joes",
+      "email",
+      "plain",
+  ]
+  # The read-per-batch loader re-checks each label as it reads it, in the same mode; in
+  # 'skip' mode it would replace these rows instead.
+  memory = _loader(source, cached, batch=2)
+  stream = _loader(source, headers, batch=2, unknown_chars="drop")
+  for step in range(2 * stream.plan.steps_per_epoch):
+    _assert_batches_equal(stream.batch(step), memory.batch(step))
+  assert not stream.read_failures.skipped
+
+
 def test_bad_input_is_indexed_out_or_replaced_at_read_time(tmp_path):
   words = [f"word{i}" for i in range(20)]
   items = [(_word_image(w, "L", "PNG"), w) for w in words]

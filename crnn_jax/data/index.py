@@ -167,8 +167,9 @@ def build_index(
       narrowest bucket that holds it and gives its label enough frames; a wider image
       is squeezed to the widest bucket.
     resize_mode: 'pad' (keep aspect) or 'stretch' (exactly height x widest bucket).
-    unknown_chars: 'skip' (count and drop) or 'error' (raise) for labels with
-      characters outside the charset.
+    unknown_chars: for labels with characters outside the charset: 'skip' (count and
+      leave out the example), 'drop' (train on the label without those characters) or
+      'error' (raise).
     process_index, process_count: this process indexes ``shard_range`` of the source.
     cache: keep preprocessed images in memory; default: when the share holds at most
       ``CACHE_LIMIT`` examples or the source has no header access (``probe``).

@@ -2,7 +2,8 @@
 
 Every example, whichever source it comes from and whether it is indexed at start-up or
 read during training, passes ``check_label``: a label is usable when it is not empty,
-every character is in the charset, and the model has enough frames to emit it.
+every character is in the charset (or, with ``unknown_chars='drop'``, something is left
+once the others are removed), and the model has enough frames to emit it.
 Unusable examples are counted by reason in a ``DataReport``, with a few example keys
 per reason, and printed at start-up; they are never fatal on their own.
 """
@@ -28,7 +29,7 @@ REASONS = {
     "bad_label": "labels that are not UTF-8 text",
 }
 
-UNKNOWN_CHARS_MODES = ("skip", "error")
+UNKNOWN_CHARS_MODES = ("skip", "drop", "error")
 
 
 def required_frames(ids: Sequence[int]) -> int:
@@ -49,7 +50,10 @@ def check_label(
     text: the label as the source gives it.
     charset: maps text to ids; decides which characters are known.
     max_frames: frames of the widest image the example may get.
-    unknown_chars: 'skip' returns a reason for unknown characters; 'error' raises.
+    unknown_chars: what to do with characters outside the charset: 'skip' returns a
+      reason; 'drop' trains on the label without them ("Joe's" -> "Joes", the
+      scene-text protocol's reading), and returns a reason only when nothing is left;
+      'error' raises.
 
   Raises:
     ValueError: for unknown characters with ``unknown_chars='error'``, naming them.
@@ -60,7 +64,12 @@ def check_label(
   if missing:
     if unknown_chars == "error":
       charset.encode(text)  # raises, naming the character and the text
-    return "unknown_chars", f"{text!r} has {missing!r}"
+    if unknown_chars != "drop":
+      return "unknown_chars", f"{text!r} has {missing!r}"
+    kept = "".join(c for c in charset.normalize(text) if c not in missing)
+    if not kept:
+      return "unknown_chars", f"{text!r} has only {missing!r}"
+    text = kept
   ids = charset.encode(text)
   need = required_frames(ids)
   if need > max_frames:

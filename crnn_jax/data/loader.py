@@ -63,6 +63,7 @@ class TrainLoader:
     charset: for labels of rendered and read-per-batch examples.
     height: the model height.
     resize_mode: 'pad' or 'stretch'.
+    unknown_chars: 'skip', 'drop' or 'error', as ``labels.check_label`` takes it.
     augment: augmentation strength in [0, 1]; 0 is off.
     seed: the data seed (augmentation draws are seeded by it, the step and the row).
     process_index: this process (augmentation differs per process).
@@ -83,6 +84,7 @@ class TrainLoader:
       charset: charset_lib.Charset,
       height: int,
       resize_mode: str = "pad",
+      unknown_chars: str = "skip",
       augment: float = 0.0,
       seed: int = 0,
       process_index: int = 0,
@@ -99,6 +101,7 @@ class TrainLoader:
     self.charset = charset
     self.height = height
     self.resize_mode = resize_mode
+    self.unknown_chars = unknown_chars
     self.augment = float(augment)
     self.seed = seed
     self.process_index = process_index
@@ -130,7 +133,7 @@ class TrainLoader:
     if isinstance(item, readers.BadExample):
       return item
     image, text, key = item
-    ids = labels_lib.check_label(text, self.charset, frames)
+    ids = labels_lib.check_label(text, self.charset, frames, self.unknown_chars)
     if isinstance(ids, tuple):
       return readers.BadExample(ids[0], str(key), ids[1])
     try:
