@@ -2,7 +2,7 @@
 
 Prints one table per section.
 
-Renderer section (--images N, --warmup N, --workers K, --no_trdg); rows (crnn_jax.data.render,
+Renderer section (--images N, --warmup N, --workers K, --no-trdg); rows (crnn_jax.data.render,
 height 32, difficulty 1):
   * render, 1 process, cold: the first --warmup images of a fresh renderer (glyph caches
     filling; fonts already checked).
@@ -23,8 +23,8 @@ the cores to ourselves.
 Each benchmark is a function returning rows (name, images/s, images per CPU-second, note);
 add new ones to BENCHMARKS.
 
-Pipeline section (--pipeline_spec, --batch, --steps, --pipeline_workers): from a built TFDS
-dataset (default: synth_words with --pipeline_build images, built into --pipeline_dir when
+Pipeline section (--pipeline-spec, --batch, --steps, --pipeline-workers): from a built TFDS
+dataset (default: synth_words with --pipeline-build images, built into --pipeline-dir when
 missing) into device arrays (`jax.device_put`, waited for), at --batch images per step:
   * cached, build_index: read + decode + resize the whole split (start-up cost).
   * cached, batches -> device: steady-state batches from memory.
@@ -33,7 +33,7 @@ missing) into device arrays (`jax.device_put`, waited for), at --batch images pe
   * read per batch, K grain worker processes -> device (worker start-up included, and without).
 Target: 5,000 images/s into device arrays, so the input never starves a GPU-sized step.
 
-Feed section (--feed_batch, --feed_steps, --feed_workers): per worker count, the images/s
+Feed section (--feed-batch, --feed-steps, --feed-workers): per worker count, the images/s
 of words rendered while training (synth:inf through the training loader) next to the seed
 network's training images/s, both measured in this invocation (see bench_feed).
 """
@@ -47,6 +47,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from crnn_jax import cli  # noqa: E402
 
 TARGET_PER_PROCESS = 500.0
 TRDG_PYTHON = os.environ.get("TRDG_PYTHON", "/tmp/trdg-venv/bin/python")
@@ -133,7 +135,7 @@ def bench_trdg(args: argparse.Namespace) -> list[Row]:
   """trdg's images/s in its own venv (it needs Pillow < 10), or why it was not measured."""
   name = "trdg 1.8, 1 process (GeneratorFromDict, size=32)"
   if args.no_trdg:
-    return [(name, None, None, "skipped (--no_trdg)")]
+    return [(name, None, None, "skipped (--no-trdg)")]
   if not os.path.exists(TRDG_PYTHON):
     return [(name, None, None, f"not measured: no {TRDG_PYTHON}; set up with: {TRDG_SETUP}")]
   try:
@@ -162,7 +164,7 @@ PipelineRow = tuple[str, float | None, float | None, int, str]  # + processes do
 
 
 def _pipeline_spec(args: argparse.Namespace) -> str:
-  """The --pipeline_spec, or a synth_words dataset built (once) in --pipeline_dir."""
+  """The --pipeline-spec, or a synth_words dataset built (once) in --pipeline-dir."""
   if args.pipeline_spec:
     return args.pipeline_spec
   from crnn_jax.data import synth_words
@@ -305,8 +307,8 @@ def bench_feed(args: argparse.Namespace) -> list[tuple[str, float, str]]:
   """Rendered-while-training batches per worker count next to the seed network's training.
 
   Both are measured in this invocation, one after the other, on this machine: the seed
-  model's jitted train step at --feed_batch images of 32 x 128 (warm, the median of
-  --feed_steps steps), and the loader of ``synth:inf`` with configs/base.py's buckets
+  model's jitted train step at --feed-batch images of 32 x 128 (warm, the median of
+  --feed-steps steps), and the loader of ``synth:inf`` with configs/base.py's buckets
   producing batches of the same size with 0, 1, 2, ... worker processes (steady state:
   the batches prepared during start-up are drained first). A ratio above 1 means the
   renderer keeps ahead of training. The loader rows run while nothing trains, so they
@@ -386,36 +388,36 @@ def print_pipeline_table(rows: list[PipelineRow]) -> None:
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = cli.parser(__doc__, __file__)
   p.add_argument("--images", type=int, default=5000, help="images per measured process")
   p.add_argument("--warmup", type=int, default=5000, help="cold images before the warm run")
   p.add_argument("--workers", type=int, default=2, help="worker processes for render_range")
-  p.add_argument("--no_trdg", action="store_true", help="skip the trdg comparison")
+  p.add_argument("--no-trdg", action="store_true", help="skip the trdg comparison")
   p.add_argument("--section", choices=("render", "pipeline", "feed", "all"), default="all")
-  p.add_argument("--feed_batch", type=int, default=64, help="images per step (feed section)")
-  p.add_argument("--feed_steps", type=int, default=5, help="timed steps (feed section)")
+  p.add_argument("--feed-batch", type=int, default=64, help="images per step (feed section)")
+  p.add_argument("--feed-steps", type=int, default=5, help="timed steps (feed section)")
   p.add_argument(
-      "--feed_workers",
+      "--feed-workers",
       type=int,
       nargs="+",
       default=[0, 1, 2],
       help="worker counts to measure (feed section)",
   )
   p.add_argument(
-      "--pipeline_spec",
+      "--pipeline-spec",
       default=None,
-      help="tfds:... spec to read (default: build synth_words in --pipeline_dir)",
+      help="tfds:... spec to read (default: build synth_words in --pipeline-dir)",
   )
   p.add_argument(
-      "--pipeline_dir",
+      "--pipeline-dir",
       default="/tmp/crnn_jax_bench_tfds",
       help="TFDS data dir for the default dataset",
   )
-  p.add_argument("--pipeline_build", type=int, default=10000, help="images in the default dataset")
+  p.add_argument("--pipeline-build", type=int, default=10000, help="images in the default dataset")
   p.add_argument("--batch", type=int, default=256, help="images per step (per host)")
   p.add_argument("--steps", type=int, default=30, help="timed steps per pipeline row")
   p.add_argument(
-      "--pipeline_workers", type=int, default=2, help="grain worker processes for the streaming row"
+      "--pipeline-workers", type=int, default=2, help="grain worker processes for the streaming row"
   )
   args = p.parse_args(argv)
 

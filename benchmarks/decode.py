@@ -26,7 +26,6 @@ Never part of the test run.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import math
@@ -40,7 +39,7 @@ import time
 import jax
 import numpy as np
 
-from crnn_jax import decode
+from crnn_jax import cli, decode
 
 BEAM_SIZE = 10
 SHAPES = {"crnn": (256, 31, 63), "speech": (32, 400, 32)}
@@ -183,8 +182,8 @@ def time_reference(reference, log_probs, paddings, alphabet, count):
   return (clock.wall, clock.cpu), texts
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None):
+  parser = cli.parser(__doc__, __file__)
   parser.add_argument(
       "--repeats",
       type=int,
@@ -200,7 +199,7 @@ def main():
       default=64,
       help="examples per case for pyctcdecode and the reference, which are slow (0: all)",
   )
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
 
   try:
     from pyctcdecode import build_ctcdecoder

@@ -19,7 +19,6 @@ Prints images/s per round, the medians, and ``ratio head/base=X`` (the median of
 per-round ratios; 1.00 is no change).
 """
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -29,6 +28,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from crnn_jax import cli  # noqa: E402
 
 # What a worker runs: build the step, answer "N" with N steps' wall time, "" ends it.
 _WORKER = """
@@ -97,7 +99,7 @@ class Worker:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.parser(__doc__, __file__)
   parser.add_argument("--base", required=True, help="the revision to compare against")
   parser.add_argument(
       "--head", default=None, help="a second revision; default: the working tree as it is"

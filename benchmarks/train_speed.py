@@ -22,8 +22,8 @@ Needs the ``[bench]`` extra (torch). Run from the repository root; the defaults 
 other jobs share it):
 
     .venv/bin/python benchmarks/train_speed.py
-    .venv/bin/python benchmarks/train_speed.py --conv_impl=xla   # the plain formulation
-    .venv/bin/python benchmarks/train_speed.py --cpu_devices=2   # batch split over 2 host devices
+    .venv/bin/python benchmarks/train_speed.py --conv-impl=xla   # the plain formulation
+    .venv/bin/python benchmarks/train_speed.py --cpu-devices=2   # batch split over 2 host devices
     .venv/bin/python benchmarks/train_speed.py --malloc=system   # glibc's default on both sides
 
 On a GPU, one command compares crnn_jax in float32 and bfloat16 (``model.compute_dtype``)
@@ -42,8 +42,8 @@ half of the GPU's memory (``XLA_PYTHON_CLIENT_MEM_FRACTION``) so PyTorch has the
 Every flag that the GPU mode sets can be given on CPU too, e.g. a quick check that the
 script runs:
 
-    python benchmarks/train_speed.py --device=cpu --batch_sizes=8 --rounds=1 --warmup=1 \
-        --jax_dtypes=float32,bfloat16 --torch_modes=fp32,bf16,bf16+cl
+    python benchmarks/train_speed.py --device=cpu --batch-sizes=8 --rounds=1 --warmup=1 \
+        --jax-dtypes=float32,bfloat16 --torch-modes=fp32,bf16,bf16+cl
 
 Without PyTorch installed, only the crnn_jax side runs (no ratio).
 
@@ -52,7 +52,6 @@ Never part of the test run.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import functools
 import os
@@ -67,6 +66,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from crnn_jax import cli  # noqa: E402
 from crnn_jax.memory import reuse_freed_memory  # noqa: E402
 
 HEIGHT, WIDTH, MAX_LABEL = 32, 128, 10
@@ -570,7 +570,7 @@ DEVICE_DEFAULTS = {
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.parser(__doc__, __file__)
   parser.add_argument(
       "--device",
       choices=("cpu", "gpu"),
@@ -578,19 +578,19 @@ def main(argv=None) -> None:
       help="where both sides run; sets the defaults of the flags below",
   )
   parser.add_argument(
-      "--batch_sizes", help="comma-separated batch sizes (cpu: 64,256; " "gpu: 256,1024)"
+      "--batch-sizes", help="comma-separated batch sizes (cpu: 64,256; " "gpu: 256,1024)"
   )
   parser.add_argument("--rounds", type=int, default=5, help="timed A/B rounds per batch size")
   parser.add_argument("--steps", type=int, help="steps per timed run (cpu: 1, gpu: 20)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed runs per side first")
-  parser.add_argument("--conv_impl", default="auto", help="crnn_jax model.conv_impl")
+  parser.add_argument("--conv-impl", default="auto", help="crnn_jax model.conv_impl")
   parser.add_argument(
-      "--jax_dtypes",
+      "--jax-dtypes",
       help="comma-separated crnn_jax model.compute_dtype "
       "values (cpu: auto, gpu: float32,bfloat16)",
   )
   parser.add_argument(
-      "--torch_modes",
+      "--torch-modes",
       help="comma-separated PyTorch variants: fp32 or bf16 "
       "(autocast), +cl (channels_last), +compile (torch.compile); 'none' "
       "skips PyTorch (cpu: fp32, gpu: fp32,bf16,bf16+cl,bf16+cl+compile)",
@@ -602,7 +602,7 @@ def main(argv=None) -> None:
       help="gpu: TF32 for float32 matmuls and convolutions, both sides alike",
   )
   parser.add_argument(
-      "--cpu_devices",
+      "--cpu-devices",
       type=int,
       default=1,
       help="JAX host devices to split the batch over (jax_num_cpu_devices)",

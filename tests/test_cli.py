@@ -21,6 +21,10 @@ from crnn_jax import cli, extras
 from helpers import REPO
 
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "scripts", "*.py")))
+# The benchmark entry points (torch_crnn.py is the PyTorch peer model, not a command).
+BENCHMARKS = sorted(
+    p for p in glob.glob(os.path.join(REPO, "benchmarks", "*.py")) if "torch_crnn" not in p
+)
 _ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
 
 # Runs every script's main(["--help"]) in one fresh process.
@@ -44,12 +48,10 @@ print(json.dumps({"help": out, "jax_imported": "jax" in sys.modules}))
 """
 
 
-def test_every_script_shows_the_same_help_style():
-  """Each script's --help exits 0 with argparse's usage line, hyphenated long options and
-  --verbose, without importing jax. Breaks on an absl flag (--help exits 1 and spells
-  --batch_size), a script outside cli.parser, or a heavy import before parsing."""
+def _help_texts(paths: list) -> dict:
+  """{script name: [exit status, --help text]} and whether jax was imported, in one process."""
   done = subprocess.run(
-      [sys.executable, "-c", _HELP_ALL, *SCRIPTS],
+      [sys.executable, "-c", _HELP_ALL, *paths],
       capture_output=True,
       text=True,
       cwd=REPO,
@@ -58,9 +60,12 @@ def test_every_script_shows_the_same_help_style():
   )
   assert done.returncode == 0, done.stderr
   result = json.loads(done.stdout)
-  assert not result["jax_imported"]
-  assert len(result["help"]) == len(SCRIPTS) >= 8
-  for name, (code, text) in result["help"].items():
+  assert len(result["help"]) == len(paths)
+  return result
+
+
+def _assert_one_style(helps: dict):
+  for name, (code, text) in helps.items():
     assert code == 0, name
     assert text.startswith(f"usage: {name} [-h] [--verbose]"), text[:200]
     options = set(re.findall(r"(?<![\w-])--[\w-]+(?:\.[\w-]+)*", text)) - {"--config.GROUP.FIELD"}
@@ -70,6 +75,22 @@ def test_every_script_shows_the_same_help_style():
         if not re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)*", o) and not o.startswith("--config.")
     }
     assert not odd, (name, odd)
+
+
+def test_every_script_shows_the_same_help_style():
+  """Each script's --help exits 0 with argparse's usage line, hyphenated long options and
+  --verbose, without importing jax. Breaks on an absl flag (--help exits 1 and spells
+  --batch_size), a script outside cli.parser, or a heavy import before parsing."""
+  result = _help_texts(SCRIPTS)
+  assert not result["jax_imported"] and len(SCRIPTS) >= 8
+  _assert_one_style(result["help"])
+
+
+def test_benchmarks_show_the_same_help_style():
+  """benchmarks/ parse their options as scripts/ do (they may import jax first)."""
+  result = _help_texts(BENCHMARKS)
+  assert len(BENCHMARKS) >= 4
+  _assert_one_style(result["help"])
 
 
 def _one_line_error(stderr: str) -> str:
