@@ -10,6 +10,7 @@ checkpoints and resumption.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import signal
@@ -549,5 +550,5 @@ def params_checksum(params) -> str:
 
 
 def _hms(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+  """'1:59:42' (whole seconds; '1 day, 2:03:04' past a day), as datetime prints durations."""
+  return str(datetime.timedelta(seconds=int(max(seconds, 0))))
