@@ -10,8 +10,14 @@ rendered words (or --image files), and the file's size. To ship the pretrained m
       --out crnn_jax/pretrained/crnn_seed.npz
 
 then fill in docs/pretrained.md. See docs/pretrained.md for the format.
+
+--average-steps 2000,2250,2500 writes the mean of those checkpoints' parameters and
+BatchNorm statistics instead of one checkpoint's (checkpoint averaging: steps from the
+low-learning-rate end of one run, whose mean often generalises a little better than any
+of them; evaluate it before shipping it). The metadata is the last step's.
 """
 
+import dataclasses
 import datetime
 import os
 import sys
@@ -32,6 +38,13 @@ def parse_args(argv=None):
       default=None,
       help="the step to export (in best/ or "
       "checkpoints/); default the best checkpoint, else the latest",
+  )
+  p.add_argument(
+      "--average-steps",
+      default="",
+      metavar="N,N,...",
+      help="export the mean of these steps' "
+      "checkpoints (in best/ or checkpoints/) instead of one checkpoint",
   )
   p.add_argument(
       "--out",
@@ -82,6 +95,41 @@ def checkpoint_path(workdir: str, step: int | None) -> str:
   )
 
 
+def load_average(workdir: str, steps_arg: str):
+  """The ``Loaded`` of the last of ``steps_arg``'s steps, its variables replaced by the mean
+  of every listed step's (all the same model and charset)."""
+  import jax
+  import numpy as np
+
+  from crnn_jax import recognizer as recognizer_lib
+
+  try:
+    steps = [int(s) for s in steps_arg.split(",")]
+  except ValueError:
+    steps = []
+  if len(steps) < 2 or len(set(steps)) != len(steps):
+    raise cli.UserError(
+        f"--average-steps {steps_arg!r}: expected two or more different step numbers, "
+        f"comma-separated (e.g. 2000,2250,2500)."
+    )
+  loaded = [recognizer_lib.load_checkpoint(checkpoint_path(workdir, s)) for s in steps]
+  for other in loaded[:-1]:
+    if (other.meta["model"], other.meta["charset"]) != (
+        loaded[-1].meta["model"],
+        loaded[-1].meta["charset"],
+    ):
+      raise cli.UserError(
+          f"--average-steps: {other.where} and {loaded[-1].where} are different models."
+      )
+  mean = jax.tree.map(
+      lambda *xs: np.mean([np.asarray(x, np.float32) for x in xs], axis=0),
+      *[x.variables for x in loaded],
+  )
+  last = loaded[-1]
+  where = f"mean of steps {','.join(map(str, steps))} of {workdir}"
+  return dataclasses.replace(last, variables=jax.device_put(mean), where=where)
+
+
 def check_images(recognizer, paths: list[str], count: int) -> list:
   """The comparison images: the files given, else ``count`` words rendered at difficulty 0.3."""
   from crnn_jax import recognizer as recognizer_lib
@@ -129,7 +177,12 @@ def export_weights(args) -> None:
   from crnn_jax import models
   from crnn_jax import recognizer as recognizer_lib
 
-  loaded = recognizer_lib.load_checkpoint(checkpoint_path(args.workdir, args.step))
+  if args.average_steps:
+    if args.step is not None:
+      raise cli.UserError("--step and --average-steps: give one of them.")
+    loaded = load_average(args.workdir, args.average_steps)
+  else:
+    loaded = recognizer_lib.load_checkpoint(checkpoint_path(args.workdir, args.step))
   # The checkpoint's metadata (model config, charset, case_fold, data, param_shapes) as is.
   meta = dict(loaded.meta, step=loaded.step)
   meta["provenance"] = {

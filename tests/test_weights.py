@@ -359,3 +359,31 @@ def test_shipped_model_reads_clean_words_and_the_example():
   assert run.returncode == 0, run.stderr
   assert run.stdout.split("\t")[1] == make_word.WORD
   assert "model: pretrained model" in run.stderr
+
+
+def test_export_averages_checkpoints(tmp_path, capsys):
+  """--average-steps writes the mean of the listed checkpoints: a file of one of them, or
+  of their sum, or the first step's metadata, fails here."""
+  import export_weights  # scripts/export_weights.py
+
+  work = str(tmp_path / "run")
+  cfg = tiny_model.config()
+  for seed, step in ((0, 1), (1, 2)):
+    tiny_model.save_checkpoint(work, cfg, seed=seed, step=step)
+  a, b = (recognizer_lib.load_checkpoint(f"{work}/checkpoints/{s}") for s in (1, 2))
+  out = str(tmp_path / "mean.npz")
+  args = ["--workdir", work, "--average-steps", "1,2", "--out", out, "--num-check-images", "2"]
+  assert export_weights.main(args) == 0
+  assert "mean of steps 1,2" in capsys.readouterr().out
+  variables, meta = weights.load_weights(out)
+  assert meta["step"] == 2
+  mean = jax.tree.map(lambda x, y: (np.asarray(x) + np.asarray(y)) / 2, a.variables, b.variables)
+  # Parameters are stored in float16: 2^-11 relative.
+  same_tree(variables, mean, lambda x, y: np.allclose(x, y, rtol=2**-10, atol=1e-6))
+  assert not np.allclose(
+      a.variables["params"]["classifier"]["kernel"],
+      variables["params"]["classifier"]["kernel"],
+      atol=1e-3,
+  )
+  assert export_weights.main(args[:3] + ["1", "--out", out]) == 1
+  assert "two or more different step numbers" in capsys.readouterr().err
