@@ -204,20 +204,27 @@ def parse_config(path: str, overrides: Sequence[str]):
 DECODE_METHODS = ("greedy", "beam", "lexicon")
 
 
-def add_model_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
-  """The model to load and how to decode: --workdir, --checkpoint or --weights (default the
-  pretrained model), --decode, --beam-size, --lexicon, --batch-size."""
-  where = p.add_mutually_exclusive_group()
+def add_checkpoint_args(p: argparse.ArgumentParser, *, required: bool):
+  """--workdir DIR or --checkpoint DIR, one of them (``required``): the training checkpoint
+  to read. Returns their mutually exclusive group, for more ways to name a model."""
+  where = p.add_mutually_exclusive_group(required=required)
   where.add_argument(
       "--workdir",
       metavar="DIR",
-      help="a training workdir (its best " "checkpoint, else the latest)",
+      help="a training workdir (its best checkpoint, else the latest)",
   )
   where.add_argument(
       "--checkpoint",
       metavar="DIR",
-      help="a checkpoint folder (a workdir, " "its best/ or checkpoints/, or a step folder)",
+      help="a checkpoint folder (a workdir, its best/ or checkpoints/, or a step folder)",
   )
+  return where
+
+
+def add_model_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
+  """The model to load and how to decode: --workdir, --checkpoint or --weights (default the
+  pretrained model), --decode, --beam-size, --lexicon, --batch-size."""
+  where = add_checkpoint_args(p, required=False)
   where.add_argument(
       "--weights",
       metavar="FILE",

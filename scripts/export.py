@@ -16,17 +16,7 @@ from crnn_jax import cli  # noqa: E402  (argparse only: --help answers at once)
 
 def parse_args(argv=None):
   p = cli.parser(__doc__, __file__)
-  where = p.add_mutually_exclusive_group(required=True)
-  where.add_argument(
-      "--workdir",
-      metavar="DIR",
-      help="a training workdir (its best " "checkpoint, else the latest)",
-  )
-  where.add_argument(
-      "--checkpoint",
-      metavar="DIR",
-      help="a checkpoint folder (a workdir, " "its best/ or checkpoints/, or a step folder)",
-  )
+  cli.add_checkpoint_args(p, required=True)
   p.add_argument(
       "--out", required=True, metavar="EXPORT_DIR", help="folder to write the export into"
   )
