@@ -3,7 +3,6 @@
 import functools
 import itertools
 import math
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from crnn_jax import decode
+from crnn_jax import decode, host
 from crnn_jax.decode import beam as beam_search
 from crnn_jax.decode import topk
 
@@ -287,7 +286,7 @@ def test_cpu_search_variants_match_reference_and_each_other(monkeypatch):
   paddings = trailing_paddings(rng, batch, frames)
   kwargs = dict(beam_size=4, top_k=2)
   on_cpu = jax.default_backend() == "cpu"
-  assert beam_search._num_chunks(batch) == (min(2, len(os.sched_getaffinity(0))) if on_cpu else 1)
+  assert beam_search._num_chunks(batch) == (min(2, host.usable_cores()) if on_cpu else 1)
   assert batch < topk._MIN_ROWS  # lax.top_k in every step
   split = decode.prefix_beam_search(logits, paddings, **kwargs)
   monkeypatch.setattr(beam_search, "_num_chunks", lambda batch: 1)
