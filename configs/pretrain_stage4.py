@@ -38,7 +38,8 @@ def get_config():
   config.optim.learning_rate = 3e-4
   config.optim.warmup_steps = 100
   # 2,000 steps (128,000 images): under an hour on an idle 2-core CPU. Planned as 2,500
-  # and shortened at step 516 to fit the session beside development work (the run
-  # stopped with SIGTERM and resumed from its step-516 checkpoint; the cosine from there on follows 2,000).
+  # and shortened at step 516 to fit the session beside development work: the run was
+  # stopped with SIGTERM and resumed from its step-516 checkpoint; from there the cosine
+  # follows 2,000 steps.
   config.train.num_steps = 2_000
   return config
