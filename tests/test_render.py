@@ -3,13 +3,14 @@
 import hashlib
 import io
 import pickle
+import random
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from crnn_jax.charset import DEFAULT_CHARS
-from crnn_jax.data import fonts, render
+from crnn_jax.data import fonts, render, render_params
 
 # A CJK ideograph: none of the (Latin) fontpkg families maps it.
 UNMAPPED = "\u4e2d"
@@ -25,6 +26,32 @@ def test_render_is_deterministic_for_seed_and_index():
     image_b, text_b = b.render(index)
     assert text_a == text_b
     np.testing.assert_array_equal(image_a, image_b)
+
+
+def test_render_is_sample_then_a_drawing_without_random_draws(monkeypatch):
+  """Every random choice is in `sample(i)`; `draw` makes the same image from it each time,
+  with the generators disabled (so a texture's or the noise's variety comes from params)."""
+  r = render.Renderer(seed=3, soft=0.5, extrude=0.5).prepare()
+  indices = range(16)
+  params = [r.sample(i) for i in indices]
+  assert params == [render.Renderer(seed=3, soft=0.5, extrude=0.5).sample(i) for i in indices]
+  kinds = {type(p.paint.background) for p in params}
+  assert render_params.Texture in kinds and render_params.Photo in kinds
+  assert any(p.degrade.noise for p in params) and any(p.paint.extrusion for p in params)
+  expected = [r.render(i) for i in indices]
+
+  def no_draw(*args, **kwargs):
+    raise AssertionError("drawing made a random draw")
+
+  monkeypatch.setattr(random.Random, "random", no_draw)
+  monkeypatch.setattr(random.Random, "getrandbits", no_draw)
+  monkeypatch.setattr(np.random, "default_rng", no_draw)
+  for p, (image, text) in zip(params, expected):
+    assert p.text == text
+    np.testing.assert_array_equal(r.draw(p), image)
+    np.testing.assert_array_equal(r.draw(p), image)
+  with pytest.raises(AssertionError, match="random draw"):
+    r.sample(0)  # the check above can fail
 
 
 def test_scene_looks_leave_other_images_unchanged_and_change_their_own():

@@ -7,6 +7,12 @@ drawn from a generator seeded by the string f'{seed}/{index}', so an image depen
 it or what it rendered before. `render_range` / `iter_range` render index ranges with
 worker processes.
 
+Rendering is sampling, then drawing: `Renderer.sample(index)` makes every random draw of
+the image into a `RenderParams` (`render_sample`, types in `render_params`), and
+`Renderer.draw(params)` makes the pixels from them with no random draw (`render_layout`,
+`render_draw`). This module owns the Renderer's arguments, its lazily built tables, and
+rendering ranges in worker processes.
+
 How one image is made (`difficulty` scales every probability and magnitude below; at 0 the
 image is dark, undistorted text on a light flat background):
 
@@ -25,223 +31,29 @@ image is dark, undistorted text on a light flat background):
    drop shadow and two-tone fill.
 5. Degradations: low-resolution resampling, Gaussian blur, uneven lighting, Gaussian noise
    and JPEG compression.
-
-Over 600 lines: `Renderer.render` draws its random choices inline between the steps above;
-issue 14 item 2 samples them all into one parameters dataclass first and splits out pure
-geometry, paint and degrade functions. Until then it is one file.
 """
 
 from __future__ import annotations
 
-import bisect
-import colorsys
 import concurrent.futures
-import functools
-import importlib.util
 import io
-import math
 import multiprocessing
-import os
 import random
-import string
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
+from PIL import Image
 
 from crnn_jax import host
 from crnn_jax.charset import DEFAULT_CHARS
-from crnn_jax.data import fonts
-
-# Photos shipped inside the scikit-image wheel (no download needed) used as backgrounds.
-_SKIMAGE_PHOTOS = (
-    "astronaut.png",
-    "brick.png",
-    "camera.png",
-    "cell.png",
-    "chelsea.png",
-    "clock_motion.png",
-    "coffee.png",
-    "coins.png",
-    "grass.png",
-    "gravel.png",
-    "ihc.png",
-    "moon.png",
-    "motorcycle_left.png",
-    "motorcycle_right.png",
-    "rocket.jpg",
-    "hubble_deep_field.jpg",
-    "retina.jpg",
-)
-# Photos are kept at this many pixels on their short side: crops of 1-4x the output height
-# then show texture at a useful scale, and resizing a crop stays cheap.
-_PHOTO_SHORT_SIDE = 256
-
-# Glyphs are rendered by FreeType once per font at an em of _GLYPH_EM * height pixels, and
-# box-filtered by 2 ** level for smaller text; the level is picked so that the final
-# resampling scale stays within about 0.7-1.4.
-_GLYPH_EM = 2.0
-_MAX_LEVEL = 3
-
-# Below this luminance difference (0-255) text is hard to read even for a person.
-_MIN_READABLE_CONTRAST = 30.0
-
-# Ranges of a word's length for random strings and digit strings (clipped to min/max_len).
-_RANDOM_MAX_LEN = 10
-_DIGITS_MAX_LEN = 8
-
-
-def _lerp(a: float, b: float, t: float) -> float:
-  return a + (b - a) * t
+from crnn_jax.data import fonts, render_draw, render_layout, render_sample
+from crnn_jax.data.render_params import RenderParams
 
 
 def _check(condition: bool, message: str) -> None:
   if not condition:
     raise ValueError(message)
-
-
-# ---------------------------------------------------------------------------------------
-# Text sources.
-
-
-@functools.lru_cache(maxsize=8)
-def _lexicon(
-    charset: str, min_len: int, max_len: int, size: int, power: float
-) -> tuple[tuple[str, ...], tuple[float, ...]]:
-  """Returns (words, cumulative weights) of wordfreq's `size` most frequent English words.
-
-  A word is kept when its length is in [min_len, max_len], it has no digit (digit strings
-  are their own source) and its lowercase or uppercase form uses only `charset`. Weights
-  are frequency ** power.
-  """
-  import wordfreq  # ~0.1 s to load its list; only the renderers that draw words pay it.
-
-  allowed = set(charset)
-  words, cumulative, total = [], [], 0.0
-  seen = 0
-  # get_frequency_list()[i] holds the words of frequency 10 ** (-i / 100), in the order
-  # of wordfreq.top_n_list.
-  for centibels, bucket in enumerate(wordfreq.get_frequency_list("en")):
-    for word in bucket:
-      seen += 1
-      if seen > size:
-        return tuple(words), tuple(cumulative)
-      if not min_len <= len(word) <= max_len or any(c.isdigit() for c in word):
-        continue
-      if set(word) <= allowed or set(word.upper()) <= allowed:
-        total += 10.0 ** (-centibels / 100.0 * power)
-        words.append(word)
-        cumulative.append(total)
-  return tuple(words), tuple(cumulative)
-
-
-# ---------------------------------------------------------------------------------------
-# Backgrounds and noise.
-
-
-@functools.lru_cache(maxsize=1)
-def _photos() -> tuple[Image.Image, ...]:
-  """The scikit-image sample photos as RGB images; () when scikit-image is not installed."""
-  spec = importlib.util.find_spec("skimage")
-  if spec is None or not spec.submodule_search_locations:
-    return ()
-  folder = os.path.join(spec.submodule_search_locations[0], "data")
-  photos = []
-  for name in _SKIMAGE_PHOTOS:
-    path = os.path.join(folder, name)
-    if not os.path.exists(path):
-      continue
-    with Image.open(path) as image:
-      photo = image.convert("RGB")
-    scale = _PHOTO_SHORT_SIDE / min(photo.size)
-    if scale < 1:
-      size = (round(photo.width * scale), round(photo.height * scale))
-      photo = photo.resize(size, Image.Resampling.BOX)
-    photos.append(photo)
-  return tuple(photos)
-
-
-@functools.lru_cache(maxsize=1)
-def _noise_table() -> np.ndarray:
-  """A fixed buffer of standard normal float32 samples; slices of it are image noise.
-
-  Taking a slice at a random offset is much cheaper than drawing fresh samples and keeps
-  images a function of (seed, index) alone.
-  """
-  return np.random.default_rng(20240613).standard_normal(1 << 20, dtype=np.float32)
-
-
-def _noise(rng: random.Random, shape: tuple[int, ...]) -> np.ndarray:
-  table = _noise_table()
-  n = math.prod(shape)
-  if n > table.size:
-    return np.resize(table, shape)
-  offset = rng.randrange(table.size - n + 1)
-  return table[offset : offset + n].reshape(shape)
-
-
-def _luminance(rgb: Sequence[float]) -> float:
-  return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
-
-
-def _colour(rng: random.Random, lum: float, saturation: float) -> tuple[int, int, int]:
-  """A random hue at `saturation` whose luminance (ITU-R 601, 0-255) is `lum`."""
-  rgb = colorsys.hsv_to_rgb(rng.random(), saturation, 1.0)
-  y = _luminance(rgb)
-  target = min(max(lum, 0.0), 255.0) / 255.0
-  if target <= y:
-    rgb = [c * target / y for c in rgb]
-  else:  # brighter than the pure hue allows: move toward white
-    t = (target - y) / (1.0 - y)
-    rgb = [c + (1.0 - c) * t for c in rgb]
-  return tuple(min(255, max(0, round(255 * c))) for c in rgb)
-
-
-# ---------------------------------------------------------------------------------------
-# Geometry: 3x3 homogeneous matrices acting on column vectors (x, y, 1).
-
-
-def _translate(tx: float, ty: float) -> np.ndarray:
-  return np.array([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]])
-
-
-def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-  """points: (N, 2) -> (N, 2) through a homography."""
-  p = points @ matrix[:, :2].T + matrix[:, 2]
-  return p[:, :2] / p[:, 2:3]
-
-
-def _ink_outline(mask: np.ndarray) -> np.ndarray:
-  """(N, 2) pixel-corner points whose convex hull contains the ink of `mask` (H, W) uint8.
-
-  The outermost ink pixel of every row and column: enough for exact extents under any
-  homography, far fewer points than the whole mask.
-  """
-  ink = mask > 64
-  rows = np.flatnonzero(ink.any(axis=1))
-  cols = np.flatnonzero(ink.any(axis=0))
-  if rows.size == 0:
-    h, w = mask.shape
-    return np.array([[0.0, 0.0], [w, 0.0], [0.0, h], [w, h]])
-  left = ink[rows].argmax(axis=1)
-  right = ink.shape[1] - ink[rows, ::-1].argmax(axis=1)
-  top = ink[:, cols].argmax(axis=0)
-  bottom = ink.shape[0] - ink[::-1, cols].argmax(axis=0)
-  xs = np.concatenate([left, right, cols, cols + 1, cols, cols + 1])
-  ys = np.concatenate([rows + 0.5, rows + 0.5, top, top, bottom, bottom])
-  return np.stack([xs, ys], axis=1).astype(np.float64)
-
-
-@functools.lru_cache(maxsize=8)
-def _group_by_family(
-    faces: tuple[fonts.FontFace, ...],
-) -> tuple[tuple[fonts.FontFace, ...], ...]:
-  """Faces grouped by family, families sorted by name (cached: Renderers are cheap)."""
-  by_family: dict[str, list[fonts.FontFace]] = {}
-  for face in faces:
-    by_family.setdefault(face.family, []).append(face)
-  return tuple(tuple(v) for _, v in sorted(by_family.items()))
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,6 +70,8 @@ class Renderer:
   Example:
     r = Renderer(seed=0, height=32)
     image, text = r.render(7)   # image: (32, W, 3) uint8 RGB
+    params = r.sample(7)        # every random choice of image 7: a RenderParams
+    image = r.draw(params)      # the same image, drawn with no random draw
 
   Args:
     seed: non-negative int; different seeds give different image streams.
@@ -358,8 +172,8 @@ class Renderer:
     """Loads fonts, the word list and photos now rather than on the first render."""
     self._font_families()
     self._text_weights()
-    _photos()
-    _noise_table()
+    render_draw.photos()
+    render_draw.noise_table()
     return self
 
   def faces(self) -> tuple[fonts.FontFace, ...]:
@@ -375,11 +189,11 @@ class Renderer:
 
   def _font_families(self) -> tuple[tuple[fonts.FontFace, ...], ...]:
     if self._families is None:
-      self._families = _group_by_family(self.faces())
+      self._families = render_sample.group_by_family(self.faces())
     return self._families
 
   def _words(self) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    return _lexicon(
+    return render_sample.lexicon(
         self.charset, self.min_len, self.max_len, self.lexicon_size, self.frequency_power
     )
 
@@ -398,52 +212,61 @@ class Renderer:
       self._source_weights = (words, random_, digits)
     return self._source_weights
 
-  # -- sampling ----------------------------------------------------------------------
-
-  def _spells(self, text: str) -> bool:
-    return all(c in self.charset for c in text)
+  # -- sampling, then drawing --------------------------------------------------------
 
   def _sample_text(self, rng: random.Random) -> str:
-    source = rng.choices(range(3), weights=self._text_weights())[0]
-    if source == 0:
-      words, cumulative = self._words()
-      word = words[bisect.bisect_right(cumulative, rng.random() * cumulative[-1])]
-      variants = (word, word.upper(), word[:1].upper() + word[1:])
-      weights = [w if self._spells(v) else 0.0 for v, w in zip(variants, self.case_mix)]
-      if sum(weights) == 0:  # e.g. only a case the mix gives weight 0
-        weights = [1.0 if self._spells(v) else 0.0 for v in variants]
-      return rng.choices(variants, weights=weights)[0]
-    if source == 1:
-      case = rng.choices(range(3), weights=self.case_mix)[0]
-      letters = (string.ascii_lowercase, string.ascii_uppercase, string.ascii_letters)[case]
-      pool = [c for c in self.charset if c in letters or not c.isalpha()] or self.charset
-      length = rng.randint(self.min_len, max(self.min_len, min(self.max_len, _RANDOM_MAX_LEN)))
-    else:
-      pool = [c for c in self.charset if c.isdigit()]
-      length = rng.randint(self.min_len, max(self.min_len, min(self.max_len, _DIGITS_MAX_LEN)))
-    return "".join(rng.choice(pool) for _ in range(length))
-
-  def _sample_font(self, rng: random.Random) -> tuple[fonts.FontFace, int]:
-    """A family uniformly, then a style, then the weight nearest a drawn target weight.
-
-    Few target weights keep the number of distinct fonts (and glyph caches) small.
-    """
-    d = self.difficulty
-    family = rng.choice(self._font_families())
-    italic = rng.random() < 0.1 + 0.15 * d
-    faces = [f for f in family if f.italic == italic] or list(family)
-    target = rng.choice((300, 400, 700, 900) if d >= 0.5 else (400, 700))
-    options = [(f, w) for f in faces for w in f.weights]
-    return min(options, key=lambda o: (abs(o[1] - target), o[1], o[0].path))
+    return render_sample.sample_text(
+        rng,
+        words=self._words(),
+        source_weights=self._text_weights(),
+        case_mix=self.case_mix,
+        charset=self.charset,
+        min_len=self.min_len,
+        max_len=self.max_len,
+    )
 
   def text(self, index: int) -> str:
     """The text image `index` shows, without rendering it (its first random draw)."""
     return self._sample_text(random.Random(f"{self.seed}/{int(index)}"))
 
-  # -- rendering ---------------------------------------------------------------------
+  def sample(self, index: int) -> RenderParams:
+    """Makes every random choice of image `index`: text, font, geometry, paint, degradations.
+
+    Args:
+      index: a non-negative int.
+
+    Returns:
+      The image's `RenderParams`; `draw` turns them into pixels.
+
+    Raises:
+      ValueError: if `index` is negative.
+    """
+    _check(
+        isinstance(index, (int, np.integer)) and index >= 0,
+        f"index: expected an int >= 0, got {index!r}",
+    )
+    rng = random.Random(f"{self.seed}/{int(index)}")
+    d = self.difficulty
+    text = self._sample_text(rng)
+    face, weight = render_sample.sample_font(rng, self._font_families(), d)
+    geometry = render_sample.sample_geometry(rng, d)
+    # Measured (no draw) before the remaining draws: some of them follow the output width.
+    layout = render_layout.measure(text, face, weight, geometry, self.height)
+    # The scene-look draws come from their own generator, so that turning them on leaves
+    # every other draw (and so the images with them off) unchanged.
+    scene = random.Random(f"{self.seed}/{int(index)}/scene")
+    soft = scene if scene.random() < self.soft * d else None
+    extrude = scene if scene.random() < self.extrude * d else None
+    paint = render_sample.sample_paint(rng, d, layout.size, soft=soft, extrude=extrude)
+    degrade = render_sample.sample_degrade(rng, d, layout.size, layout.text_px, soft=soft)
+    return RenderParams(text, face, weight, geometry, layout, paint, degrade)
+
+  def draw(self, params: RenderParams) -> np.ndarray:
+    """The image `params` describe, with no random draw: (height, W, 3) uint8 RGB."""
+    return render_draw.draw(params)
 
   def render(self, index: int) -> tuple[np.ndarray, str]:
-    """Renders image `index` of this renderer's stream.
+    """Renders image `index` of this renderer's stream: `draw(sample(index))`.
 
     Args:
       index: a non-negative int.
@@ -455,422 +278,8 @@ class Renderer:
     Raises:
       ValueError: if `index` is negative.
     """
-    _check(
-        isinstance(index, (int, np.integer)) and index >= 0,
-        f"index: expected an int >= 0, got {index!r}",
-    )
-    rng = random.Random(f"{self.seed}/{int(index)}")
-    d = self.difficulty
-    height = self.height
-
-    text = self._sample_text(rng)
-    face, weight = self._sample_font(rng)
-
-    # Geometry, drawn in units independent of the font size.
-    distort = d > 0
-    stretch = math.exp(rng.uniform(-0.3, 0.3) * d)
-    shear = rng.uniform(-0.35, 0.35) * d if rng.random() < 0.3 * d else 0.0
-    angle = rng.gauss(0.0, 2.5 * d)
-    if rng.random() < 0.05 * d:
-      angle = rng.uniform(-12.0, 12.0)
-    angle = math.radians(max(-15.0, min(15.0, angle)))
-    # Perspective: (end-to-end size change, slant of the letters at the word's ends).
-    persp = (rng.uniform(-0.12, 0.12) * d, rng.uniform(-0.2, 0.2) * d)
-    if rng.random() >= 0.3 * d:
-      persp = (0.0, 0.0)
-    curve = rng.uniform(-0.4, 0.4) * d if rng.random() < 0.15 * d else 0.0
-    tracking = rng.uniform(-0.02, 0.3) * d if rng.random() < 0.15 * d else 0.0
-    line_box = rng.random() < 0.4  # crop around ascender/descender lines, else the ink
-    if rng.random() < _lerp(0.0, 0.55, d):  # tight crop
-      margins = [rng.uniform(-0.03, 0.12) for _ in range(2)] + [
-          rng.uniform(0.0, 0.25) for _ in range(2)
-      ]
-    elif d > 0:  # loose crop
-      margins = [rng.uniform(0.05, 0.3 * d + 0.15) for _ in range(2)] + [
-          rng.uniform(0.1, 0.8 * d + 0.3) for _ in range(2)
-      ]
-    else:
-      margins = [rng.uniform(0.08, 0.25) for _ in range(2)] + [
-          rng.uniform(0.1, 0.4) for _ in range(2)
-      ]
-    top, bottom, left, right = margins
-
-    # Font size: the crop height in em, estimated, sets the size that maps ~1:1.
-    ascends = any(c.isupper() or c.isdigit() or c in "bdfhiklt" for c in text)
-    descends = any(c in "gjpqyQJ" for c in text)
-    ink_em = 0.95 if line_box else (0.72 if ascends else 0.5) + (0.22 if descends else 0.0)
-    width_em = 0.55 * len(text) * stretch
-    crop_em = (ink_em * abs(math.cos(angle)) + width_em * abs(math.sin(angle))) * (
-        1.0 + top + bottom
-    ) + abs(curve) * ink_em
-    em = round(_GLYPH_EM * height)
-    level = min(max(round(math.log2(em * crop_em / height)), 0), _MAX_LEVEL)
-    glyphs = _glyphs(face.path, em, weight if face.variable else None)
-    mask, points, baseline, ascent, descent = _draw_text(
-        text, glyphs, level, tracking * em / 2**level
-    )
-    mask = Image.fromarray(mask)
-
-    # Forward map from mask pixels to the (uncropped) output plane.
-    cx, cy = points.mean(axis=0)
-    half_w = max(1.0, 0.5 * (points[:, 0].max() - points[:, 0].min()))
-    half_h = max(1.0, 0.5 * (points[:, 1].max() - points[:, 1].min()))
-    c, s = math.cos(angle), math.sin(angle)
-    wide = half_w * stretch
-    forward = (
-        np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [persp[0] / wide, persp[1] / wide, 1.0]])
-        @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-        @ np.array([[stretch, -shear, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-        @ _translate(-cx, -cy)
-    )
-    plane = _apply(forward, points)
-    curve_px = curve * 2.0 * half_h  # baseline offset at the word's ends
-    curve_half = max(1.0, 0.5 * (plane[:, 0].max() - plane[:, 0].min()))
-    if curve_px:
-      plane[:, 1] += curve_px * (plane[:, 0] / curve_half) ** 2
-    x0, x1 = plane[:, 0].min(), plane[:, 0].max()
-    y0, y1 = plane[:, 1].min(), plane[:, 1].max()
-    ink_height = max(1.0, y1 - y0)
-    if line_box:
-      # Extend to the ascender/descender lines, by at most 30% of the ink height each
-      # way (script fonts have tall lines around small digits).
-      guides = _apply(forward, np.array([[cx, baseline - ascent], [cx, baseline + descent]]))
-      y0 = max(min(y0, guides[:, 1].min()), y0 - 0.3 * ink_height)
-      y1 = min(max(y1, guides[:, 1].max()), y1 + 0.3 * ink_height)
-    ref = max(1.0, y1 - y0)
-    box = (x0 - left * ref, y0 - top * ref, x1 + right * ref, y1 + bottom * ref)
-    scale = height / (box[3] - box[1])
-    width = max(1, round((box[2] - box[0]) * scale))
-    to_output = np.array([[scale, 0.0, -box[0] * scale], [0.0, scale, -box[1] * scale], [0, 0, 1]])
-
-    if curve_px:
-      text_mask = _mesh_transform(mask, (width, height), to_output, forward, curve_px, curve_half)
-    else:
-      inverse = np.linalg.inv(to_output @ forward)
-      inverse /= inverse[2, 2]
-      if distort and (persp[0] or persp[1]):
-        text_mask = mask.transform(
-            (width, height),
-            Image.Transform.PERSPECTIVE,
-            tuple(inverse.flat[:8]),
-            Image.Resampling.BILINEAR,
-        )
-      else:
-        text_mask = mask.transform(
-            (width, height),
-            Image.Transform.AFFINE,
-            tuple(inverse.flat[:6]),
-            Image.Resampling.BILINEAR,
-        )
-
-    # The scene-look draws come from their own generator, so that turning them on leaves
-    # every other draw (and so the images with them off) unchanged.
-    scene = random.Random(f"{self.seed}/{int(index)}/scene")
-    soft = scene.random() < self.soft * d
-    extrude = scene.random() < self.extrude * d
-    image = self._paint(rng, text_mask, scene if soft else None, scene if extrude else None)
-    image = self._degrade(rng, image, text_px=float(ink_height * scale))
-    if soft:
-      image = _soften(scene, image, text_px=float(ink_height * scale))
-    return np.array(image), text
-
-  def _paint(
-      self,
-      rng: random.Random,
-      text_mask: Image.Image,
-      soft: random.Random | None = None,
-      extrude: random.Random | None = None,
-  ) -> Image.Image:
-    """Background, then optional shadow, extrusion and outline, then the text, in RGB.
-
-    `soft` / `extrude`: the scene generator when the image has that look, else None.
-    """
-    d = self.difficulty
-    size = text_mask.size
-    # Text and background mean luminance, at least `contrast` apart.
-    contrast = rng.uniform(_lerp(150.0, 100.0, d), 255.0)
-    if soft is not None:
-      contrast = soft.uniform(35.0, 100.0)
-    text_lum = rng.uniform(0.0, 255.0 - contrast)
-    bg_lum = text_lum + contrast
-    if rng.random() < 0.4 * d:  # light text on a dark background
-      text_lum, bg_lum = 255.0 - text_lum, 255.0 - bg_lum
-    # How far background pixels may stray from bg_lum before the text gets hard to read.
-    spread = max(0.0, contrast - _MIN_READABLE_CONTRAST) * 0.6
-    saturation = rng.uniform(0.0, _lerp(0.15, 0.7, d))
-    kind = rng.choices(
-        ("flat", "gradient", "texture", "photo"),
-        weights=(1.0 - 0.75 * d, 0.2 * d, 0.15 * d, 0.4 * d if _photos() else 0.0),
-    )[0]
-    image = _background(rng, kind, size, bg_lum, spread, saturation)
-
-    if rng.random() < 0.12 * d:  # drop shadow
-      offset = [max(1, round(rng.uniform(0.02, 0.08) * size[1])) for _ in range(2)]
-      shadow = Image.new("L", size)
-      shadow.paste(text_mask, (offset[0] * rng.choice((-1, 1)), offset[1]))
-      shadow = shadow.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
-      shadow_lum = max(0.0, min(text_lum, bg_lum) - 70.0)
-      image.paste(_colour(rng, shadow_lum, saturation), (0, 0, *size), shadow)
-    if extrude is not None:  # 3-D lettering: the glyphs stacked along a direction
-      depth = extrude.uniform(0.04, 0.12) * size[1]
-      steps = max(1, round(depth))
-      angle = extrude.uniform(0.0, 2.0 * math.pi)
-      side_lum = text_lum + extrude.choice((-1.0, 1.0)) * extrude.uniform(40.0, 90.0)
-      side = _colour(extrude, max(0.0, min(255.0, side_lum)), saturation)
-      for k in range(steps, 0, -1):
-        shift = (
-            round(k * depth / steps * math.cos(angle)),
-            round(k * depth / steps * math.sin(angle)),
-        )
-        image.paste(side, (0, 0, *size), ImageChops.offset(text_mask, *shift))
-    if rng.random() < 0.12 * d:  # outline
-      outline = text_mask.filter(ImageFilter.MaxFilter(3 if size[1] < 48 else 5))
-      image.paste(_colour(rng, 255.0 - text_lum, saturation), (0, 0, *size), outline)
-
-    text_saturation = rng.uniform(0.0, _lerp(0.1, 0.8, d))
-    if rng.random() < 0.1 * d:  # two-tone fill: a vertical gradient between two colours
-      a = _colour(rng, text_lum - 20.0, text_saturation)
-      b = _colour(rng, text_lum + 20.0, text_saturation)
-      fill = Image.new("RGB", (1, 2))
-      fill.putpixel((0, 0), a)
-      fill.putpixel((0, 1), b)
-      image.paste(fill.resize(size, Image.Resampling.BILINEAR), (0, 0), text_mask)
-    else:
-      image.paste(_colour(rng, text_lum, text_saturation), (0, 0, *size), text_mask)
-    return image
-
-  def _degrade(self, rng: random.Random, image: Image.Image, text_px: float) -> Image.Image:
-    """Camera-like degradations, each with a probability that grows with difficulty.
-
-    `text_px` (the text's height in output pixels) caps the softening, so that small
-    text keeps about 16 pixels of effective height and stays readable.
-    """
-    d = self.difficulty
-    width, height = image.size
-    softness = rng.random()
-    if softness < 0.15 * d:  # low resolution
-      factor = min(rng.uniform(1.2, 1.8), text_px / 16.0)
-      if factor > 1.1:
-        small = (max(1, round(width / factor)), max(1, round(height / factor)))
-        image = image.resize(small, Image.Resampling.BILINEAR).resize(
-            (width, height), Image.Resampling.BILINEAR
-        )
-    elif softness < 0.3 * d:  # out of focus
-      radius = rng.uniform(0.3, 0.9) * min(1.0, text_px / 24.0)
-      image = image.filter(ImageFilter.GaussianBlur(radius))
-    if rng.random() < 0.2 * d:  # uneven lighting
-      light = Image.new("L", (2, 2))
-      light.putdata([round(255 * rng.uniform(0.7, 1.0)) for _ in range(4)])
-      light = light.resize((width, height), Image.Resampling.BILINEAR)
-      image = ImageChops.multiply(image, Image.merge("RGB", (light, light, light)))
-    if rng.random() < 0.4 * d:
-      sigma = rng.uniform(2.0, 10.0)
-      pixels = np.asarray(image, dtype=np.float32) + sigma * _noise(rng, (height, width, 1))
-      image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    if rng.random() < 0.3 * d:
-      buffer = io.BytesIO()
-      image.save(buffer, "JPEG", quality=rng.randint(35, 80))
-      buffer.seek(0)
-      image = Image.open(buffer).convert("RGB")
-    return image
-
-
-def _soften(rng: random.Random, image: Image.Image, text_px: float) -> Image.Image:
-  """Low resolution then a little blur, leaving the text 9-16 pixels of effective height."""
-  width, height = image.size
-  factor = text_px / rng.uniform(9.0, 16.0)
-  if factor > 1.1:
-    small = (max(1, round(width / factor)), max(1, round(height / factor)))
-    image = image.resize(small, Image.Resampling.BILINEAR).resize(
-        (width, height), Image.Resampling.BICUBIC
-    )
-  return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.7)))
-
-
-# Unit vectors every 15 degrees: a glyph keeps only its ink points extreme along one of them.
-_DIRECTIONS = np.array(
-    [[math.cos(a), math.sin(a)] for a in np.linspace(0.0, 2.0 * math.pi, 24, endpoint=False)]
-)
-
-
-def _extreme_points(points: np.ndarray) -> np.ndarray:
-  """The points of (N, 2) `points` that lie furthest along each of `_DIRECTIONS`.
-
-  Extents of a word after a small rotation, shear or perspective are decided by such
-  points (exactly along the axes, to well under a pixel for the tilts used here).
-  """
-  best = np.unique((points @ _DIRECTIONS.T).argmax(axis=0))
-  return points[best].astype(np.float32)
-
-
-class _Glyphs:
-  """Bitmaps, offsets, advances and extreme ink points of one font's characters, made once.
-
-  Pillow renders every glyph anew on each call, and for fonts with heavy TrueType hinting
-  that costs up to ~80 us per glyph; words are therefore assembled from cached glyphs.
-  Level k holds the level-0 bitmaps box-filtered by 2 ** k (text at 1 / 2 ** k the size).
-  Like Pillow's basic layout (used here), glyphs sit at whole-pixel pen positions and
-  OpenType (GPOS) kerning is not applied.
-  """
-
-  def __init__(self, font: Any):
-    self.font = font
-    self._levels: list[dict[str, tuple[np.ndarray, float, float, float, np.ndarray]]] = [
-        {} for _ in range(_MAX_LEVEL + 1)
-    ]
-    # Ascender height and descender depth at level 0, measured on typical letters.
-    self.ascent = float(-font.getbbox("Hdkl", anchor="ls")[1])
-    self.descent = float(max(font.getbbox("gjpqy", anchor="ls")[3], 0))
-
-  def get(self, char: str, level: int) -> tuple[np.ndarray, float, float, float, np.ndarray]:
-    """Returns (bitmap (h, w) uint8, left and top of the bitmap relative to the pen on
-    the baseline, advance, extreme ink points (N, 2) in bitmap coordinates) at `level`."""
-    cache = self._levels[level]
-    glyph = cache.get(char)
-    if glyph is not None:
-      return glyph
-    if level == 0:
-      left, top, right, bottom = self.font.getbbox(char, anchor="ls")
-      image = Image.new("L", (max(1, right - left), max(1, bottom - top)))
-      ImageDraw.Draw(image).text((-left, -top), char, fill=255, font=self.font, anchor="ls")
-      bitmap = np.asarray(image)
-      advance = self.font.getlength(char)
-      extremes = _extreme_points(_ink_outline(bitmap))
-    else:
-      base, left, top, advance, extremes = self.get(char, 0)
-      factor = 2**level
-      bitmap = np.asarray(Image.fromarray(base).reduce(factor))
-      left, top, advance = left / factor, top / factor, advance / factor
-      extremes = extremes / factor  # within a pixel of the reduced bitmap's own
-    glyph = (bitmap, left, top, advance, extremes)
-    cache[char] = glyph
-    return glyph
-
-
-@functools.lru_cache(maxsize=1024)
-def _glyphs(path: str, em: int, weight: int | None) -> _Glyphs:
-  return _Glyphs(fonts.load(path, em, weight))
-
-
-def _draw_text(
-    text: str, glyphs: _Glyphs, level: int, tracking: float
-) -> tuple[np.ndarray, np.ndarray, float, float, float]:
-  """Draws `text` white on black from cached glyphs at `level`.
-
-  Returns:
-    (mask, points, baseline, ascent, descent): mask (H, W) uint8; points (N, 2) the
-    glyphs' extreme ink points; the baseline's y in the mask; the font's ascender height
-    and descender depth at this level, in pixels.
-  """
-  placed = []
-  pen = 0.0
-  for char in text:
-    bitmap, left, top, advance, extremes = glyphs.get(char, level)
-    placed.append((bitmap, round(pen + left), round(top), extremes))
-    pen += advance + tracking
-  x0 = min(x for _, x, _, _ in placed)
-  y0 = min(y for _, _, y, _ in placed)
-  x1 = max(x + b.shape[1] for b, x, _, _ in placed)
-  y1 = max(y + b.shape[0] for b, _, y, _ in placed)
-  pad = 2
-  mask = np.zeros((y1 - y0 + 2 * pad, x1 - x0 + 2 * pad), dtype=np.uint8)
-  points = []
-  for bitmap, x, y, extremes in placed:
-    x, y = x - x0 + pad, y - y0 + pad
-    region = mask[y : y + bitmap.shape[0], x : x + bitmap.shape[1]]
-    np.maximum(region, bitmap, out=region)  # overlapping glyphs: the brighter wins
-    points.append(extremes + (x, y))
-  factor = 2.0**level
-  return (
-      mask,
-      np.concatenate(points).astype(np.float64),
-      float(pad - y0),
-      glyphs.ascent / factor,
-      glyphs.descent / factor,
-  )
-
-
-def _mesh_transform(
-    mask: Image.Image,
-    size: tuple[int, int],
-    to_output: np.ndarray,
-    forward: np.ndarray,
-    curve_px: float,
-    curve_half: float,
-) -> Image.Image:
-  """Warps `mask` with forward homography, then y += curve_px * (x / curve_half) ** 2.
-
-  Done as a Pillow mesh of vertical strips, each mapped bilinearly from the exact inverse
-  at its four corners.
-  """
-  width, height = size
-  strips = max(4, min(32, width // 8))
-  xs = np.linspace(0.0, width, strips + 1)
-  corners = np.array([[x, y] for x in xs for y in (0.0, float(height))])
-  plane = _apply(np.linalg.inv(to_output), corners)
-  plane[:, 1] -= curve_px * (plane[:, 0] / curve_half) ** 2
-  source = _apply(np.linalg.inv(forward), plane).reshape(strips + 1, 2, 2)
-  mesh = []
-  for i in range(strips):
-    box = (round(xs[i]), 0, round(xs[i + 1]), height)
-    if box[2] <= box[0]:
-      continue
-    (ul, ll), (ur, lr) = source[i], source[i + 1]
-    mesh.append((box, (*ul, *ll, *lr, *ur)))
-  return mask.transform(size, Image.Transform.MESH, mesh, Image.Resampling.BILINEAR)
-
-
-def _background(
-    rng: random.Random,
-    kind: str,
-    size: tuple[int, int],
-    lum: float,
-    spread: float,
-    saturation: float,
-) -> Image.Image:
-  """An RGB background of mean luminance ~`lum` whose pixels stay within ~`spread` of it."""
-  width, height = size
-  if kind == "gradient":
-    corners = Image.new("RGB", (2, 2))
-    corners.putdata(
-        [_colour(rng, lum + rng.uniform(-spread, spread), saturation) for _ in range(4)]
-    )
-    return corners.resize(size, Image.Resampling.BILINEAR)
-  if kind == "texture":
-    dev = rng.uniform(0.3, 1.0) * spread
-    a = _colour(rng, lum - dev, saturation)
-    b = _colour(rng, lum + dev, saturation)
-    cell = rng.uniform(2.0, 8.0)
-    small = (max(2, round(width / cell)), max(2, round(height / cell)))
-    blotches = np.clip(128.0 + 60.0 * _noise(rng, (small[1], small[0])), 0, 255)
-    blotches = Image.fromarray(blotches.astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
-    return ImageOps.colorize(blotches, a, b)
-  if kind == "photo":
-    photos = _photos()
-    photo = photos[rng.randrange(len(photos))]
-    crop_h = min(photo.height, height * rng.uniform(1.0, 4.0))
-    crop_w = min(photo.width, crop_h * width / height)
-    crop_h = crop_w * height / width
-    x = rng.uniform(0.0, photo.width - crop_w)
-    y = rng.uniform(0.0, photo.height - crop_h)
-    crop = photo.resize(size, Image.Resampling.BILINEAR, box=(x, y, x + crop_w, y + crop_h))
-    if rng.random() < 0.5:
-      crop = ImageOps.mirror(crop)
-    gray = np.asarray(crop.convert("L"), dtype=np.float32)
-    mean, std = float(gray.mean()), float(gray.std())
-    # Blend toward a flat colour: photo weight alpha keeps the mean at `lum` and the
-    # pixels within `spread` (2 std) of it.
-    alpha = min(rng.uniform(0.4, 1.0), spread / (2.0 * std + 1e-3))
-    if mean > lum:
-      alpha = min(alpha, lum / mean)
-    elif mean < lum:
-      alpha = min(alpha, (255.0 - lum) / (255.0 - mean))
-    if alpha >= 0.999:
-      return crop
-    flat_lum = (lum - alpha * mean) / (1.0 - alpha)
-    flat = Image.new("RGB", size, _colour(rng, flat_lum, saturation))
-    return Image.blend(flat, crop, alpha)
-  return Image.new("RGB", size, _colour(rng, lum, saturation))
+    params = self.sample(index)
+    return self.draw(params), params.text
 
 
 # ---------------------------------------------------------------------------------------
