@@ -28,7 +28,7 @@ from crnn_jax.data import batching
 from crnn_jax.data import index as index_lib
 from crnn_jax.data import labels as labels_lib
 from crnn_jax.data import plan as plan_lib
-from crnn_jax.data import preprocess, readers
+from crnn_jax.data import preprocess, readers, workers
 
 # Replacement candidates tried for one row before giving up on the batch.
 _MAX_REPLACEMENTS = 64
@@ -249,12 +249,7 @@ class TrainLoader:
     )
     iterator = dataset.to_iter_dataset(options)
     if self.num_workers > 0:
-      _mark_flags_parsed()
-      iterator = iterator.mp_prefetch(
-          grain.MultiprocessingOptions(
-              num_workers=self.num_workers, per_worker_buffer_size=self.prefetch
-          )
-      )
+      iterator = workers.prefetch(iterator, num_workers=self.num_workers, buffer=self.prefetch)
     iterator = iter(iterator)
     try:
       for step in range(start_step, start_step + 2**40):
@@ -265,12 +260,3 @@ class TrainLoader:
       close = getattr(iterator, "close", None)
       if close is not None:
         close()
-
-
-def _mark_flags_parsed():
-  # grain's worker processes read absl flags; a library caller (a test, a notebook) may not
-  # have parsed any. scripts/train.py has, and is left alone.
-  from absl import flags
-
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()

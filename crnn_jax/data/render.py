@@ -35,9 +35,7 @@ image is dark, undistorted text on a light flat background):
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
-import multiprocessing
 import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -47,7 +45,7 @@ from PIL import Image
 
 from crnn_jax import host
 from crnn_jax.charset import DEFAULT_CHARS
-from crnn_jax.data import fonts, render_draw, render_layout, render_sample
+from crnn_jax.data import fonts, render_draw, render_layout, render_sample, workers
 from crnn_jax.data.render_params import RenderParams
 
 
@@ -316,18 +314,23 @@ def encode_png(image: np.ndarray, text: str, grayscale: bool = True) -> tuple[by
   return buffer.getvalue(), text
 
 
-_worker_state: dict[str, Any] = {}
+class _RenderChunk:
+  """Chunk ``k`` of an index range, rendered (and encoded): what a worker process runs.
 
+  Pickled once into each worker with its renderer (fonts checked already).
+  """
 
-def _start_worker(renderer: Renderer, encode: Callable[..., Any] | None) -> None:
-  _worker_state["renderer"] = renderer
-  _worker_state["encode"] = encode
+  def __init__(self, renderer, encode, start: int, stop: int, chunk_size: int):
+    self.renderer, self.encode = renderer, encode
+    self.start, self.stop, self.chunk_size = start, stop, chunk_size
 
+  def __len__(self) -> int:
+    return -(-(self.stop - self.start) // self.chunk_size)
 
-def _render_chunk(start: int, stop: int) -> list[Any]:
-  renderer, encode = _worker_state["renderer"], _worker_state["encode"]
-  results = [renderer.render(i) for i in range(start, stop)]
-  return [encode(*r) for r in results] if encode is not None else results
+  def __call__(self, k: int) -> list[Any]:
+    a = self.start + k * self.chunk_size
+    results = [self.renderer.render(i) for i in range(a, min(a + self.chunk_size, self.stop))]
+    return [self.encode(*r) for r in results] if self.encode is not None else results
 
 
 # Ranges shorter than this render in-process when num_workers is None: starting a worker
@@ -346,9 +349,10 @@ def iter_renderer(
 ) -> Iterator[Any]:
   """Yields `renderer.render(i)` (passed through `encode` if given) for i in [start, stop).
 
-  Results come in index order. With worker processes ('spawn', safe next to JAX), each
-  worker gets a pickled copy of `renderer` and renders chunks of `chunk_size` indices; at
-  most two chunks per worker are in flight, so memory stays bounded for any range.
+  Results come in index order. With worker processes (grain's, see `workers.prefetch`),
+  each worker gets a pickled copy of `renderer` and renders chunks of `chunk_size`
+  indices; at most two chunks per worker are ready ahead, so memory stays bounded for any
+  range.
 
   Args:
     renderer: the Renderer to use (prepared once here so workers skip font checks).
@@ -377,24 +381,27 @@ def iter_renderer(
       yield encode(*result) if encode is not None else result
     return
 
+  import grain
+
   chunk_size = max(1, min(chunk_size, -(-(stop - start) // (2 * num_workers))))
-  chunks = iter([(a, min(a + chunk_size, stop)) for a in range(start, stop, chunk_size)])
-  executor = concurrent.futures.ProcessPoolExecutor(
-      max_workers=num_workers,
-      mp_context=multiprocessing.get_context("spawn"),
-      initializer=_start_worker,
-      initargs=(renderer, encode),
-  )
+  chunks = _RenderChunk(renderer, encode, start, stop, chunk_size)
+  dataset = grain.MapDataset.range(len(chunks)).map(chunks).to_iter_dataset()
+  iterator = iter(workers.prefetch(dataset, num_workers=num_workers, buffer=2))
   try:
-    pending: list[concurrent.futures.Future] = []
-    for chunk in chunks:
-      pending.append(executor.submit(_render_chunk, *chunk))
-      if len(pending) >= 2 * num_workers:
-        yield from pending.pop(0).result()
-    for future in pending:
-      yield from future.result()
+    for chunk in iterator:
+      # grain hands arrays over in shared memory: copy them out so each segment is freed
+      # as soon as its chunk is consumed, not at exit.
+      yield from [
+          tuple(np.array(x) if isinstance(x, np.ndarray) else x for x in item)
+          if isinstance(item, tuple)
+          else item
+          for item in chunk
+      ]
+      del chunk
   finally:
-    executor.shutdown(wait=True, cancel_futures=True)
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
 
 
 def iter_range(
