@@ -115,6 +115,7 @@ def make_train_step(
     *,
     autocast: torch.dtype | None = None,
     device_type: str = "cpu",
+    fused: bool = False,
 ):
   """Returns ``step(images, labels, label_lengths) -> loss``: one Adam step in place.
 
@@ -123,8 +124,10 @@ def make_train_step(
     autocast: e.g. ``torch.bfloat16``: the forward pass under ``torch.autocast`` (the
       loss takes float32 log-probabilities either way); None for float32.
     device_type: 'cpu' or 'cuda', for autocast.
+    fused: Adam's fused implementation (``torch.optim.Adam(fused=True)``, which PyTorch
+      offers on CPU and CUDA) instead of its default for-each one.
   """
-  opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
+  opt = torch.optim.Adam(model.parameters(), lr=learning_rate, fused=fused or None)
 
   def step(images, labels, label_lengths):
     model.train()
@@ -152,4 +155,7 @@ def make_infer(model: nn.Module, *, autocast: torch.dtype | None = None, device_
 
 
 def count_params(model: nn.Module) -> int:
+  """Trainable parameters: 6,619,711 for the seed CRNN, 2,048 more than crnn_jax's
+  6,617,663 because ``nn.LSTM`` keeps two bias vectors per gate (``bias_ih`` and
+  ``bias_hh``) where flax's LSTM cell has one."""
   return sum(p.numel() for p in model.parameters())
