@@ -213,6 +213,7 @@ def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path,
       "--config",
       os.path.join(REPO, "configs", "base.py"),
       f"--workdir={workdir}",
+      "--num-cpu-devices=8",
       *_overrides(config, 6),
   ]
   env = dict(

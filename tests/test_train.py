@@ -291,6 +291,10 @@ def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, capsys):
         "--config",
         os.path.join(REPO, "configs", "quick.py"),
         f"--workdir={workdir}",
+        # As many devices as this process has, and a schedule that does not depend on
+        # num_steps: the resume below then compiles nothing the script did not.
+        "--num-cpu-devices=8",
+        "--config.optim.schedule=constant",
         "--config.model.conv_features=(4,8,8,8,8,8,8)",
         "--config.model.lstm_hidden=8",
         f"--config.data.train=tsv:{real('captcha_digits')}",
@@ -334,6 +338,7 @@ def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, capsys):
   config.data.train = f"tsv:{real('captcha_digits')}"
   config.data.eval = f"tsv:{real('svt_train')}"
   config.train.num_steps = step + 2
+  config.optim.schedule = "constant"
   config.train.batch_size = 16
   config.train.log_every_steps = 1
   train.train_and_evaluate(config, str(workdir))
