@@ -2,6 +2,7 @@
 the live model's outputs for any batch size and bucket, and the standalone loader reads
 images as training does without importing crnn_jax."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,22 +19,33 @@ from crnn_jax import export_loader as loader
 from crnn_jax.data import preprocess
 from crnn_jax.recognizer import Recognizer, read_image
 
+from helpers import REPO
+
 LOADER = os.path.abspath(loader.__file__)
 SVT = os.path.join(tiny_model.REAL, "svt_train", "images")
 PLATES = os.path.join(tiny_model.REAL, "plates_us", "images")
 
 
 @pytest.fixture(scope="module")
-def recognizer(tmp_path_factory):
-  workdir = tiny_model.save_checkpoint(str(tmp_path_factory.mktemp("ckpt")), tiny_model.config())
+def workdir(tmp_path_factory):
+  return tiny_model.save_checkpoint(str(tmp_path_factory.mktemp("ckpt")), tiny_model.config())
+
+
+@pytest.fixture(scope="module")
+def recognizer(workdir):
   return Recognizer.from_checkpoint(workdir, batch_size=4)
 
 
 @pytest.fixture(scope="module")
-def export_dir(recognizer, tmp_path_factory):
+def export_dir(workdir, tmp_path_factory):
+  """The checkpoint exported by the command line, ``scripts/export.py``."""
   directory = str(tmp_path_factory.mktemp("export"))
-  exported = export.export_recognizer(recognizer)
-  export.save(directory, exported, export.export_meta(recognizer, exported))
+  spec = importlib.util.spec_from_file_location(
+      "script_export", os.path.join(REPO, "scripts", "export.py")
+  )
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  assert script.main(["--workdir", workdir, "--out", directory]) in (0, None)
   return directory
 
 
