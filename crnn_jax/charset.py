@@ -60,11 +60,9 @@ class Charset:
   def from_file(cls, path: str | os.PathLike, *, case_fold: bool = False) -> "Charset":
     """Reads characters from a UTF-8 file: one line of characters, or one per line."""
     with open(path, encoding="utf-8") as f:
-      lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-      lines.pop()
-    # One line of characters or one character per line: joining the lines reads both.
-    chars = "".join(lines)
+      # One line of characters or one character per line: joining the lines reads both
+      # (and splitlines drops "\r" of Windows line ends as well as "\n").
+      chars = "".join(f.read().splitlines())
     if not chars:
       raise ValueError(f"Charset file {os.fspath(path)!r} holds no characters.")
     return cls(chars, case_fold=case_fold)

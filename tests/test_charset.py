@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from crnn_jax import charset as charset_lib
@@ -46,6 +47,15 @@ def test_from_string_and_file(tmp_path):
   assert Charset.from_spec("abc", case_fold=True) == Charset("abc", case_fold=True)
   assert Charset.from_spec(f"file:{one_line}", case_fold=True).case_fold
   assert Charset.from_spec("0123456789").num_classes == 11
+  assert Charset.from_spec("default", case_fold=True) == Charset(case_fold=True)
+  # UTF-8 whatever the locale says, and Windows line ends are not characters.
+  crlf = tmp_path / "c.txt"
+  crlf.write_bytes("ä\r\nö\r\n€\r\n".encode("utf-8"))
+  assert Charset.from_file(crlf).chars == "äö€" and not Charset.from_file(crlf).case_fold
+  empty = tmp_path / "empty.txt"
+  empty.write_text("\n")
+  with pytest.raises(ValueError, match=f"Charset file '{empty}' holds no characters"):
+    Charset.from_file(empty)
 
 
 def test_bad_charsets():
@@ -57,6 +67,7 @@ def test_bad_charsets():
 
 def test_encode_batch_pads():
   labels, pads = charset_lib.encode_batch(Charset(), ["ab", "c"], 3)
+  assert labels.dtype == np.int32 and pads.dtype == np.float32  # what the loss expects
   assert labels.tolist() == [[1, 2, 0], [3, 0, 0]]
   assert pads.tolist() == [[0, 0, 1], [0, 1, 1]]
   labels, pads = charset_lib.encode_batch(Charset(), ["abc"], 3)  # exactly max_len fits

@@ -1,5 +1,6 @@
 import random
 
+import numpy as np
 import pytest
 
 from crnn_jax import metrics
@@ -55,3 +56,15 @@ def test_ned_divides_by_the_longer_string_and_an_empty_set_gives_zeros():
   assert all(empty[k] == 0.0 for k in ("word_acc", "word_acc_ci", "cer", "ned", "confidence"))
   with pytest.raises(ValueError, match="differ in length"):
     metrics.sums(["a", "b"], ["a"])
+
+
+def test_single_character_and_empty_pairs():
+  """The edge cases a mutation tester (mutmut) found unpinned: CER over a one-character
+  truth (a floor of 2 in the denominator would halve it), NED of an empty truth and an
+  empty prediction (1: they are equal; no division by zero), and a result without an
+  ``empty_frac`` (no hint)."""
+  result = metrics.summarize(metrics.sums(["a", ""], ["", ""]))
+  assert result["cer"] == 1.0 and result["ned"] == 0.5 and result["word_acc"] == 0.5
+  assert metrics.sums([""], [""]).dtype == np.float64
+  assert metrics.empty_hint({}) is None and metrics.empty_hint({"empty_frac": 0.2}) is None
+  assert "60% of predictions are empty" in metrics.empty_hint({"empty_frac": 0.6})
