@@ -61,7 +61,9 @@ def test_from_string_and_file(tmp_path):
 def test_bad_charsets():
   with pytest.raises(ValueError, match="repeats 'a'"):
     Charset("abca")
-  with pytest.raises(ValueError, match="empty"):
+  with pytest.raises(ValueError, match="repeats 'ab'"):  # each repeated character, once
+    Charset("abab")
+  with pytest.raises(ValueError, match=r"^Charset chars is empty: give at least one character\.$"):
     Charset("")
 
 
