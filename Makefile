@@ -26,4 +26,4 @@ train: setup
 test: setup
 	$(VENV)/bin/pyink --check .
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2 --dist worksteal
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15

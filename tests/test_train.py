@@ -272,6 +272,37 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
   ckpts.close()
 
 
+def test_words_rendered_in_worker_processes_train_as_in_this_process(tmp_path, capsys):
+  """The path of the README's main job and configs/base.py through train_and_evaluate:
+  words rendered as the batches need them (``synth:``, no cache), in a worker process.
+  Two steps with one worker end with the same parameters, bit for bit, as two steps
+  with the batches made in this process.
+
+  Breaks if the worker's batches differ from this process's (a render seed taken from
+  the process, a step off by one), or if the run does not use the worker.
+  """
+  states, template = [], None
+  for workers in (1, 0):
+    config = tiny_config(
+        **{
+            "data.train": "synth:inf,seed=4",
+            "data.num_workers": workers,
+            "data.width_buckets": (128,),  # one training program to compile
+            "train.num_steps": 2,
+        }
+    )
+    workdir = str(tmp_path / f"workers{workers}")
+    train.train_and_evaluate(config, workdir)
+    out = capsys.readouterr().out
+    assert f"train input: {workers} worker process(es)" in out, out
+    assert "step 2/2" in out
+    template = template or tiny_model.make_state(config, sharding.make_mesh())[0]
+    ckpts = checkpoints.Checkpoints(workdir)
+    states.append(ckpts.restore(template)[0])
+    ckpts.close()
+  _same(*states)
+
+
 @pytest.mark.timeout(600)  # a silent hang (no line, no exit) fails instead of blocking CI
 def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, capsys):
   """SIGTERM mid-run: the script saves the step it stopped at, exits 0, and the same
