@@ -29,17 +29,9 @@ from helpers import REAL  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 
 
-# Tests that start training processes and take a minute or more each on 2 cores. They run
-# first: `make test`'s two xdist workers then share out the short tests around them
-# instead of one worker starting the longest test when the other is nearly done.
-LONG_FIRST = ("test_multihost.py", "test_reliability.py")
-
-
 def pytest_collection_modifyitems(config, items):
-  """Runs the ``LONG_FIRST`` files first; skips the tests marked ``real_data``, with the
-  reason, where the real crops are absent."""
+  """Skips the tests marked ``real_data``, with the reason, where the real crops are absent."""
   del config
-  items.sort(key=lambda item: item.path.name not in LONG_FIRST)  # stable: order kept
   if os.path.isdir(REAL):
     return
   skip = pytest.mark.skip(
