@@ -5,6 +5,7 @@ does not) carry ``@pytest.mark.real_data``; conftest.py skips them, saying why, 
 folder is absent. ``CRNN_JAX_REAL_DATA=DIR`` points them at another copy.
 """
 
+import importlib.util
 import os
 
 from configs import base
@@ -38,3 +39,13 @@ def tiny_config(**overrides):
     group, field = key.split(".")
     config[group][field] = value
   return config
+
+
+def load_script(name: str):
+  """``scripts/<name>.py`` as a module, so a test can call its ``main(argv)`` in process."""
+  spec = importlib.util.spec_from_file_location(
+      f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -7,7 +7,6 @@ this process, where jax is loaded already.
 
 import argparse
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import pytest
 
 from crnn_jax import cli, extras
 
-from helpers import REPO
+from helpers import REPO, load_script
 
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "scripts", "*.py")))
 # The benchmark entry points (torch_crnn.py is the PyTorch peer model, not a command).
@@ -200,17 +199,8 @@ def test_user_errors_are_one_line_before_jax_loads(paths, argv, says, status):
   assert not re.search(r"\|\s+jax$", done.stderr, re.MULTILINE)  # answered before jax
 
 
-def _load_script(name: str):
-  spec = importlib.util.spec_from_file_location(
-      f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_a_workdir_without_checkpoint_is_one_line(paths, capsys):
-  code = _load_script("predict").main(["--workdir", str(paths / "empty"), "x.png"])
+  code = load_script("predict").main(["--workdir", str(paths / "empty"), "x.png"])
   line = _one_line_error(capsys.readouterr().err)
   assert code == 1
   assert line.startswith(f"error: No crnn_jax checkpoint found at '{paths / 'empty'}'")
@@ -220,7 +210,7 @@ def test_unusable_training_data_is_one_line(tmp_path, monkeypatch, capsys):
   """No image of the training folder exists: one line naming the data, not a traceback."""
   (tmp_path / "labels.tsv").write_text("a.png\tHELLO\nb.png\tWORLD\n")
   monkeypatch.setenv("CRNN_JAX_MALLOC", "system")  # leave this process's allocator alone
-  code = _load_script("train").main(
+  code = load_script("train").main(
       [
           "--config",
           os.path.join(REPO, "configs", "quick.py"),
@@ -269,7 +259,7 @@ def test_make_dataset_command_line_builds_what_it_prints(tmp_path, capsys):
 
   argv = ["--num", "12", "--num-validation", "4", "--seed", "5", "--difficulty", "0"]
   argv += ["--num-workers", "0", "--data-dir", str(tmp_path)]
-  assert _load_script("make_dataset").main(argv) in (0, None)
+  assert load_script("make_dataset").main(argv) in (0, None)
   out = capsys.readouterr().out
   train_spec = re.search(r"--config\.data\.train=(\S+)", out).group(1)
   eval_spec = re.search(r"--config\.data\.eval=(\S+)", out).group(1)

@@ -2,7 +2,6 @@
 the live model's outputs for any batch size and bucket, and the standalone loader reads
 images as training does without importing crnn_jax."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ from crnn_jax import export_loader as loader
 from crnn_jax.data import preprocess
 from crnn_jax.recognizer import Recognizer, read_image
 
-from helpers import REPO
+from helpers import load_script
 
 LOADER = os.path.abspath(loader.__file__)
 SVT = os.path.join(tiny_model.REAL, "svt_train", "images")
@@ -40,12 +39,7 @@ def recognizer(workdir):
 def export_dir(workdir, tmp_path_factory):
   """The checkpoint exported by the command line, ``scripts/export.py``."""
   directory = str(tmp_path_factory.mktemp("export"))
-  spec = importlib.util.spec_from_file_location(
-      "script_export", os.path.join(REPO, "scripts", "export.py")
-  )
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  assert script.main(["--workdir", workdir, "--out", directory]) in (0, None)
+  assert load_script("export").main(["--workdir", workdir, "--out", directory]) in (0, None)
   return directory
 
 
